@@ -1,0 +1,39 @@
+# 两条命令：`make run`（主任务）与 `make test`（全部测试）。
+# 第一次运行会创建 .venv 并安装依赖；之后只有 requirements.txt / pyproject.toml 变化时才重新安装
+# （安装完成的标记文件名里带着这两个文件的哈希）。
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# 想要特定的 torch（例如 CPU 版 `torch==2.13.0`，或某个 CUDA 版本）时覆盖它：make test TORCH_SPEC='torch==2.13.0'
+TORCH_SPEC ?= torch>=2.6
+# pytest 的并行进程数（pytest-xdist）；设为 0 则单进程
+JOBS ?= auto
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | sha256sum | cut -c1-16)
+
+.PHONY: install run test smoke bench clean
+
+install: $(STAMP)
+
+# editable_mode=compat 写一个指向仓库根目录的 .pth：以后新建的包（如 model_lab/）不必重装也能导入
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install "$(TORCH_SPEC)"
+	$(PY) -m pip install -r requirements.txt
+	$(PY) -m pip install --no-deps -e . --config-settings editable_mode=compat
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+run: install
+	PYTHONPATH=. $(PY) "archive/Let's_build_GPT/let's_build_gpt.py" --n_layer 4 --n_head 4 --n_embd 128 \
+		--block_size 64 --batch_size 12 --max_iters 1500 --lr 1e-3 --min_lr 1e-4 --warmup_iters 100 \
+		--beta2 0.99 --weight_decay 0.1 --grad_clip 1.0 --eval_interval 250 --eval_iters 20
+	@echo "损失曲线：checkpoints/lets_build_gpt/loss.png"
+
+test: install
+	PYTHONPATH=. $(PY) -m pytest -n $(JOBS)
+
+smoke: install
+	PYTHONPATH=. $(PY) -m pytest -n $(JOBS) tests/test_smoke_scripts.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

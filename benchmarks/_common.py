@@ -1,0 +1,66 @@
+"""benchmarks/ 的公共部分：机器信息，以及把一张结果表写进 RESULTS.md 里属于自己的那一段。
+
+RESULTS.md 里每个基准占一段，用 `<!-- BEGIN key -->` / `<!-- END key -->` 包起来；
+update_results(key, markdown) 只替换自己那一段（没有就追加在末尾），其他段原样保留。
+写入是原子的（临时文件 + rename），并用文件锁防止两个基准同时写。SMOKE=1 时只打印、不写文件。
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import fcntl
+import os
+import platform
+import re
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # 让 `python benchmarks/x.py` 不依赖 PYTHONPATH 也能导入项目包
+    sys.path.insert(0, str(REPO_ROOT))
+
+from utils.io import atomic_write, is_smoke  # noqa: E402
+
+RESULTS_MD = REPO_ROOT / "benchmarks" / "RESULTS.md"
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> str:
+    """一行机器描述：日期、CPU / GPU、核数、Python 与库版本。"""
+    import torch
+
+    if torch.cuda.is_available():
+        hw = f"GPU {torch.cuda.get_device_name(0)}"
+    else:
+        hw = f"CPU {cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+    return f"{_dt.date.today().isoformat()} · {hw} · Python {platform.python_version()} · torch {torch.__version__}"
+
+
+def update_results(key: str, markdown: str, path: Path = RESULTS_MD) -> None:
+    """把 markdown 写进 RESULTS.md 中 key 那一段。"""
+    if not re.fullmatch(r"[a-z0-9_\-]+", key):
+        raise ValueError(f"key={key!r}：只能用小写字母、数字、下划线和连字符")
+    block = f"<!-- BEGIN {key} -->\n{markdown.strip()}\n<!-- END {key} -->"
+    if is_smoke():
+        print(f"[SMOKE] 不写 RESULTS.md；本应写入的段落：\n{block}")
+        return
+    lock_path = path.with_name(".RESULTS.md.lock")
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n"
+        pattern = re.compile(rf"<!-- BEGIN {re.escape(key)} -->.*?<!-- END {re.escape(key)} -->", re.DOTALL)
+        if pattern.search(text):
+            text = pattern.sub(lambda _: block, text)
+        else:
+            text = text.rstrip("\n") + "\n\n" + block + "\n"
+        atomic_write(path, text)
+    print(f"已更新 {path.relative_to(REPO_ROOT)} 的 [{key}] 段")

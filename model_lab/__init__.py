@@ -1,0 +1,36 @@
+"""model_lab：Transformer 组件（01_components/）与完整模型（02_architectures/）。
+
+目录名以数字开头，import 语句写不出来，所以这里是模型实验室的"门面"：
+其他阶段只写 `from model_lab import Llama, LlamaConfig, GPT2, GPT2Config`，
+由本文件用 importlib 去加载编号目录里的模块。
+
+导入 model_lab 本身很便宜：真正的模块在第一次访问某个名字时才加载（PEP 562 的模块级 __getattr__）。
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# 公开名字 -> 定义它的模块
+_EXPORTS = {
+    "Llama": "model_lab.02_architectures.llama",
+    "LlamaConfig": "model_lab.02_architectures.llama",
+    "GPT2": "model_lab.02_architectures.gpt2",
+    "GPT2Config": "model_lab.02_architectures.gpt2",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _EXPORTS.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'model_lab' has no attribute {name!r}; 可用的名字：{', '.join(__all__)}")
+    value = getattr(importlib.import_module(module_name), name)
+    globals()[name] = value  # 缓存：之后的访问不再经过 __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)
