@@ -63,4 +63,5 @@ def update_results(key: str, markdown: str, path: Path = RESULTS_MD) -> None:
         else:
             text = text.rstrip("\n") + "\n\n" + block + "\n"
         atomic_write(path, text)
-    print(f"已更新 {path.relative_to(REPO_ROOT)} 的 [{key}] 段")
+    shown = path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path
+    print(f"已更新 {shown} 的 [{key}] 段")
