@@ -162,3 +162,10 @@ def test_script_started_from_another_directory_imports_utils(tmp_path):
         cwd=tmp_path, env=env, capture_output=True, text=True,
     )
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
+def test_atomic_write_gives_normal_permissions(tmp_path):
+    path = atomic_write(tmp_path / "f.txt", "x")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
