@@ -1,0 +1,211 @@
+"""命令行：训练分词器，把语料编码成训练循环读取的 train.bin / val.bin。
+
+    python -m data_pipeline.tokenization train  --corpus shakespeare --vocab-size 8192 --out checkpoints/tok
+    python -m data_pipeline.tokenization encode --tokenizer checkpoints/tok --corpus shakespeare --out checkpoints/tok
+
+train 写出 <out>/bpe.json（本项目格式，Tokenizer.load 读取）与 <out>/tokenizer.json（Hugging Face 格式）。
+encode 按字节位置把语料切成前 (1 − val_fraction) 与后 val_fraction（切点挪到下一个换行之后，不切断一行），
+两段各自流式编码（每次读 1 MB，内存有界），写出：
+    train.bin / val.bin   扁平的 token id 数组，numpy.memmap(path, dtype, mode="r") 即可读取；
+                          dtype 为 uint16，词表里最大 id 超过 65,535 时为 uint32（ARCHITECTURE.md §5）
+    meta.json             {"tokenizer", "vocab_size", "dtype", "train_tokens", "val_tokens", "special_tokens", ...}
+所有文件先写临时文件再 rename：中途崩溃不会留下写了一半的 .bin。
+不带参数运行时打印帮助；SMOKE=1 且不带参数时在临时目录里跑一遍小规模的 train + encode 演示。
+"""
+
+from __future__ import annotations
+
+import argparse
+import codecs
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from data_pipeline.tokenization.fast_train import train_bpe
+from data_pipeline.tokenization.regex_bpe import PATTERNS
+from data_pipeline.tokenization.tokenizer import Tokenizer
+from utils.io import atomic_path, atomic_write, is_smoke
+
+READ_BYTES = 1 << 20
+WRITE_IDS = 1 << 20
+
+
+def _input_file(args: argparse.Namespace) -> Path:
+    if args.input:
+        path = Path(args.input)
+        if not path.is_file():
+            raise SystemExit(f"--input 文件不存在：{path}")
+        return path
+    from data_pipeline.corpora import corpus_path
+
+    return corpus_path(args.corpus)
+
+
+def cmd_train(args: argparse.Namespace) -> Path:
+    path = _input_file(args)
+    out = Path(args.out)
+    t0 = time.perf_counter()
+    vocab, merges = train_bpe(
+        path, args.vocab_size, args.special_tokens, PATTERNS[args.pattern], num_processes=args.processes
+    )
+    tok = Tokenizer(vocab, merges, args.special_tokens, PATTERNS[args.pattern])
+    tok.save(out / "bpe.json")
+    tok.save_hf(out / "tokenizer.json")
+    print(f"训练完成：{path}（{path.stat().st_size / 1e6:.2f} MB）→ vocab {args.vocab_size}，"
+          f"{time.perf_counter() - t0:.1f} s；写出 {out / 'bpe.json'} 与 {out / 'tokenizer.json'}")
+    return out
+
+
+def split_point(path: Path, val_fraction: float) -> int:
+    """按字节的训练 / 验证切点：约在 (1 − val_fraction) 处，挪到其后第一个换行之后。"""
+    if not 0.0 < val_fraction < 1.0:
+        raise SystemExit(f"--val-fraction={val_fraction} 必须在开区间 (0, 1) 内，例如 0.1")
+    size = path.stat().st_size
+    target = int(size * (1 - val_fraction))
+    with open(path, "rb") as f:
+        f.seek(target)
+        rest = f.read(READ_BYTES)
+    nl = rest.find(b"\n")
+    cut = target + nl + 1 if nl != -1 else target
+    if not 0 < cut < size:
+        raise SystemExit(f"{path} 太短（{size} 字节），按 val_fraction={val_fraction} 切分后训练集或验证集为空")
+    # 切点必须落在 UTF-8 字符边界上：换行之后天然是；没有换行时往前退到非续字节
+    with open(path, "rb") as f:
+        while cut > 0:
+            f.seek(cut)
+            if (f.read(1)[0] & 0xC0) != 0x80:
+                break
+            cut -= 1
+    return cut
+
+
+def read_text_range(path: Path, start: int, end: int, bar=None) -> Iterator[str]:
+    """逐 1 MB 读出文件 [start, end) 的文本；增量解码器保证多字节字符跨块时不被切坏。"""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    with open(path, "rb") as f:
+        f.seek(start)
+        pos = start
+        while pos < end:
+            data = f.read(min(READ_BYTES, end - pos))
+            if not data:
+                break
+            try:
+                yield decoder.decode(data)
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path} 不是合法的 UTF-8：字节偏移约 {pos + e.start} 处无法解码") from None
+            pos += len(data)
+            if bar is not None:
+                bar.update(len(data))
+        yield decoder.decode(b"", final=True)
+
+
+def encode_to_bin(tok: Tokenizer, chunks: Iterator[str], dest: Path, dtype: np.dtype) -> int:
+    """流式编码并追加写入 dest（原子），返回 token 数。"""
+    n = 0
+    with atomic_path(dest) as tmp, open(tmp, "wb") as f:
+        buf: list[int] = []
+        for i in tok.encode_iterable(chunks):
+            buf.append(i)
+            if len(buf) >= WRITE_IDS:
+                np.asarray(buf, dtype=dtype).tofile(f)
+                n += len(buf)
+                buf.clear()
+        np.asarray(buf, dtype=dtype).tofile(f)
+        n += len(buf)
+    return n
+
+
+def cmd_encode(args: argparse.Namespace) -> dict:
+    from tqdm import tqdm
+
+    tok_dir = Path(args.tokenizer)
+    tok_file = tok_dir / "bpe.json" if tok_dir.is_dir() else tok_dir
+    if not tok_file.is_file():
+        raise SystemExit(f"找不到分词器 {tok_file}：先运行 `python -m data_pipeline.tokenization train --out {tok_dir}`")
+    tok = Tokenizer.load(tok_file)
+    path = _input_file(args)
+    out = Path(args.out)
+    dtype = np.dtype(np.uint16 if max(tok.vocab) <= 0xFFFF else np.uint32)
+    cut = split_point(path, args.val_fraction)
+    size = path.stat().st_size
+    t0 = time.perf_counter()
+    counts = {}
+    with tqdm(total=size, unit="B", unit_scale=True, desc="encode", mininterval=0.5) as bar:
+        for split, (start, end) in (("train", (0, cut)), ("val", (cut, size))):
+            counts[split] = encode_to_bin(tok, read_text_range(path, start, end, bar), out / f"{split}.bin", dtype)
+    meta = {
+        "tokenizer": str(tok_file),
+        "vocab_size": tok.vocab_size,
+        "dtype": dtype.name,
+        "train_tokens": counts["train"],
+        "val_tokens": counts["val"],
+        "special_tokens": tok.special_ids,
+        "source": str(path),
+        "split_byte": cut,
+        "bytes": size,
+    }
+    atomic_write(out / "meta.json", json.dumps(meta, ensure_ascii=False, indent=2))
+    seconds = time.perf_counter() - t0
+    print(f"编码完成：{size / 1e6:.2f} MB → train {counts['train']:,} / val {counts['val']:,} 个 token（{dtype.name}），"
+          f"{seconds:.1f} s（{size / 1e6 / seconds:.2f} MB/s）；写出 {out}/train.bin val.bin meta.json")
+    return meta
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m data_pipeline.tokenization", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command")
+    for name, help_text in (("train", "训练 BPE 分词器"), ("encode", "把语料编码成 train.bin / val.bin")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--corpus", default="shakespeare", help="data_pipeline.corpora 里的语料名（默认 shakespeare）")
+        p.add_argument("--input", help="直接给一个 UTF-8 文本文件，代替 --corpus")
+        p.add_argument("--out", required=True, help="输出目录")
+        if name == "train":
+            p.add_argument("--vocab-size", type=int, default=8192)
+            p.add_argument("--special-tokens", nargs="*", default=["<|endoftext|>"])
+            p.add_argument("--pattern", choices=sorted(PATTERNS), default="gpt2")
+            p.add_argument("--processes", type=int, default=None, help="预分词的进程数（默认 CPU 核数）")
+        else:
+            p.add_argument("--tokenizer", required=True, help="train 的输出目录（或其中的 bpe.json）")
+            p.add_argument("--val-fraction", type=float, default=0.1)
+    return parser
+
+
+def smoke_demo() -> None:
+    """SMOKE=1 且不带参数：在临时目录里训练一个小分词器并编码，检查 .bin 能解码回原文。"""
+    from data_pipeline.corpora import load_corpus
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "small.txt"
+        src.write_text(load_corpus("shakespeare")[:30_000], encoding="utf-8")
+        parser = build_parser()
+        cmd_train(parser.parse_args(["train", "--input", str(src), "--vocab-size", "300", "--out", tmp]))
+        meta = cmd_encode(parser.parse_args(["encode", "--input", str(src), "--tokenizer", tmp, "--out", tmp]))
+        tok = Tokenizer.load(Path(tmp) / "bpe.json")
+        ids = np.concatenate([np.fromfile(Path(tmp) / f"{s}.bin", dtype=meta["dtype"]) for s in ("train", "val")])
+        assert tok.decode(ids.tolist()) == src.read_text(encoding="utf-8"), "train.bin + val.bin 必须解码回原文"
+        print("SMOKE：train + encode 演示通过，bin 文件解码回原文")
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    if not argv:
+        if is_smoke():
+            smoke_demo()
+        else:
+            parser.print_help()
+        return
+    args = parser.parse_args(argv)
+    if args.command == "train":
+        cmd_train(args)
+    else:
+        cmd_encode(args)
+
+
+if __name__ == "__main__":
+    main()
