@@ -1,0 +1,887 @@
+"""Llama：一个文件里的完整模型（RMSNorm + RoPE + GQA 注意力 + SwiGLU），与 HF LlamaForCausalLM 逐位对齐。
+
+读法（自上而下）：
+1. LlamaConfig —— 字段名与 `transformers.LlamaConfig` 相同，构造时校验；读写 HF 的 config.json（v4/v5 两种 RoPE 写法）。
+2. RoPE 频率 —— default / linear / dynamic / yarn / llama3 五种 inv_freq，与 HF 的 ROPE_INIT_FUNCTIONS 数值相同。
+3. 注意力后端注册表 —— ATTENTION_BACKENDS["eager"]（手写）与 ["sdpa"]（F.scaled_dot_product_attention）；
+   以后 Triton/CUDA 的 FlashAttention 通过 register_attention_backend 加进来，模型本身不 import 它们。
+4. KVCache —— 预分配的 K/V 缓冲区，增量解码时每步只算新 token。
+5. 模块：RMSNorm、RotaryEmbedding、Attention、MLP、DecoderLayer、LlamaModel、Llama（权重名与 HF 相同）。
+6. Llama：forward（可带 targets 返回 loss）、generate、参数/FLOPs 计数、from_pretrained / save_pretrained。
+7. main()：与 HF 对照（logits、梯度、贪心生成），打印参数量、FLOPs/token 和速度。
+
+按 ARCHITECTURE.md §4，本文件自带精简的 RMSNorm/RoPE/注意力，不 import 01_components 里的课程文件；
+两边都对照同一个参考实现（HF），所以不会悄悄走样。本文件在模块顶层不 import transformers（导入 model_lab 要便宜），
+只有 main() 在需要对照时才导入它。
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+if __package__ in (None, ""):  # `python model_lab/02_architectures/llama.py`：把仓库根放进 sys.path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from model_lab.generation import sample_next_token, validate_sampling_args  # noqa: E402
+from utils.io import atomic_path, atomic_write, is_smoke  # noqa: E402
+
+__all__ = [
+    "ATTENTION_BACKENDS",
+    "KVCache",
+    "Llama",
+    "LlamaConfig",
+    "build_hf_reference",
+    "register_attention_backend",
+    "rope_inv_freq",
+]
+
+# ---------------------------------------------------------------------------------------------------
+# 1. 配置
+# ---------------------------------------------------------------------------------------------------
+
+# 每种 RoPE 缩放需要/允许的参数（不含 rope_type 与 rope_theta；rope_theta 单独是一个字段）
+_ROPE_REQUIRED = {
+    "default": set(),
+    "linear": {"factor"},
+    "dynamic": {"factor"},
+    "yarn": {"factor", "original_max_position_embeddings"},
+    "llama3": {"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"},
+}
+_ROPE_OPTIONAL = {
+    "default": set(),
+    "linear": set(),
+    "dynamic": set(),
+    "yarn": {"attention_factor", "beta_fast", "beta_slow", "mscale", "mscale_all_dim", "truncate"},
+    "llama3": set(),
+}
+# HF config.json / PreTrainedConfig.to_dict() 里出现、但与模型结构无关的键：读取时接受并忽略
+_HF_BOOKKEEPING_KEYS = {"architectures", "model_type", "transformers_version", "dtype", "torch_dtype", "use_cache",
+                        "_name_or_path", "pretraining_tp", "chunk_size_feed_forward", "id2label", "label2id",
+                        "is_encoder_decoder", "output_attentions", "output_hidden_states", "problem_type",
+                        "return_dict"}
+
+
+@dataclass
+class LlamaConfig:
+    """Llama 的超参数。字段名、默认值与 `transformers.LlamaConfig` 相同（默认值即 Llama-7B 的形状）。
+
+    RoPE 在内存里用 v4 写法保存：`rope_theta` + `rope_scaling`（None 或 {"rope_type": ..., "factor": ...}）；
+    to_dict()/config.json 用 v5 写法 `rope_parameters = {"rope_type", "rope_theta", ...}`，from_dict 两种都接受。
+    `attn_implementation` 是本仓库的运行时选择（注意力后端名），不写进 config.json。
+    """
+
+    vocab_size: int = 32000
+    hidden_size: int = 4096
+    intermediate_size: int = 11008
+    num_hidden_layers: int = 32
+    num_attention_heads: int = 32
+    num_key_value_heads: int | None = None  # None -> 等于 num_attention_heads（MHA）
+    head_dim: int | None = None  # None -> hidden_size // num_attention_heads
+    hidden_act: str = "silu"
+    max_position_embeddings: int = 2048
+    initializer_range: float = 0.02
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    rope_scaling: dict[str, Any] | None = None
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False
+    attention_dropout: float = 0.0
+    mlp_bias: bool = False
+    pad_token_id: int | None = None
+    bos_token_id: int | None = 1
+    eos_token_id: int | list[int] | None = 2
+    attn_implementation: str = "sdpa"
+
+    def __post_init__(self) -> None:
+        if self.num_key_value_heads is None:
+            self.num_key_value_heads = self.num_attention_heads
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                     "num_key_value_heads", "max_position_embeddings"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name}={value!r} 不合法：必须是正整数")
+        if self.hidden_size % self.num_attention_heads != 0:
+            raise ValueError(f"hidden_size={self.hidden_size} is not divisible by num_attention_heads="
+                             f"{self.num_attention_heads}（hidden_size 必须是头数的整数倍）")
+        if self.num_attention_heads % self.num_key_value_heads != 0:
+            raise ValueError(f"num_attention_heads={self.num_attention_heads} is not divisible by num_key_value_heads="
+                             f"{self.num_key_value_heads}（GQA 要求每个 KV 头服务同样多的 Q 头）")
+        if self.head_dim is None:
+            self.head_dim = self.hidden_size // self.num_attention_heads
+        if not isinstance(self.head_dim, int) or self.head_dim < 2 or self.head_dim % 2:
+            raise ValueError(f"head_dim={self.head_dim!r} 不合法：RoPE 把向量两两配对旋转，head_dim 必须是正偶数")
+        if self.hidden_act != "silu":
+            raise ValueError(f"hidden_act={self.hidden_act!r} 不支持：Llama 的 SwiGLU 只用 'silu'")
+        if self.attention_dropout != 0:
+            raise ValueError(f"attention_dropout={self.attention_dropout} 不支持：注意力后端接口不含 dropout，"
+                             "Llama 预训练也不用它；请设为 0.0")
+        if not self.rms_norm_eps > 0:
+            raise ValueError(f"rms_norm_eps={self.rms_norm_eps} 必须 > 0")
+        if not isinstance(self.attn_implementation, str):
+            raise ValueError(f"attn_implementation={self.attn_implementation!r} 必须是注意力后端的名字（字符串）")
+        self.rope_scaling = self._normalize_rope_scaling(self.rope_scaling)  # 可能从 v5 写法里取出 rope_theta
+        if not self.rope_theta > 0:
+            raise ValueError(f"rope_theta={self.rope_theta} 必须 > 0")
+
+    def _normalize_rope_scaling(self, scaling: dict[str, Any] | None) -> dict[str, Any] | None:
+        """统一成 {"rope_type": ..., 参数...}；default 归一为 None；缺省的 original_max_position_embeddings
+        与 HF 的 standardize_rope_params 一样取 max_position_embeddings。"""
+        if scaling is None:
+            return None
+        if not isinstance(scaling, dict):
+            raise ValueError(f"rope_scaling={scaling!r} 必须是 dict（例如 {{'rope_type': 'linear', 'factor': 2.0}}）或 None")
+        scaling = dict(scaling)
+        rope_type = scaling.pop("rope_type", scaling.pop("type", "default"))
+        scaling.pop("type", None)
+        if rope_type not in _ROPE_REQUIRED:
+            raise ValueError(f"rope_scaling 的 rope_type={rope_type!r} 未知；支持：{', '.join(_ROPE_REQUIRED)}")
+        if "rope_theta" in scaling:  # v5 的 rope_parameters 把 theta 放在里面；挪到字段上
+            self.rope_theta = float(scaling.pop("rope_theta"))
+        if rope_type in ("yarn", "llama3"):
+            scaling.setdefault("original_max_position_embeddings", self.max_position_embeddings)
+        missing = _ROPE_REQUIRED[rope_type] - set(scaling)
+        unknown = set(scaling) - _ROPE_REQUIRED[rope_type] - _ROPE_OPTIONAL[rope_type]
+        if missing:
+            raise ValueError(f"rope_scaling（rope_type={rope_type!r}）缺少字段：{sorted(missing)}")
+        if unknown:
+            raise ValueError(f"rope_scaling（rope_type={rope_type!r}）有未知字段：{sorted(unknown)}；"
+                             f"允许的字段：{sorted(_ROPE_REQUIRED[rope_type] | _ROPE_OPTIONAL[rope_type])}")
+        factor = scaling.get("factor")
+        if factor is not None and (not isinstance(factor, (int, float)) or factor < 1):
+            raise ValueError(f"rope_scaling.factor={factor!r} 必须是 >= 1 的数")
+        if rope_type == "default":
+            return None
+        return {"rope_type": rope_type, **scaling}
+
+    @property
+    def rope_type(self) -> str:
+        return "default" if self.rope_scaling is None else self.rope_scaling["rope_type"]
+
+    # ---- 与 dict / HF config.json 互转 ----
+    def to_dict(self) -> dict[str, Any]:
+        """HF v5 风格的 dict（config.json 的内容）+ attn_implementation。"""
+        d = {k: v for k, v in asdict(self).items() if k not in ("rope_theta", "rope_scaling")}
+        rope = {"rope_type": "default"} if self.rope_scaling is None else dict(self.rope_scaling)
+        rope["rope_theta"] = self.rope_theta
+        d["rope_parameters"] = rope
+        return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", **d}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LlamaConfig:
+        """接受 to_dict() 的输出、HF v5 的 config.json（rope_parameters）与 v4 的（rope_theta + rope_scaling）。"""
+        d = dict(d)
+        model_type = d.get("model_type", "llama")
+        if model_type != "llama":
+            raise ValueError(f"config 的 model_type={model_type!r}，不是 'llama'：这个目录/配置属于另一种架构")
+        if d.get("pretraining_tp", 1) not in (1, None):
+            raise ValueError(f"pretraining_tp={d['pretraining_tp']} 不支持（只支持 1，即不切分的普通线性层）")
+        for key in _HF_BOOKKEEPING_KEYS:
+            d.pop(key, None)
+        rope_parameters = d.pop("rope_parameters", None)
+        if rope_parameters is not None:
+            if d.get("rope_scaling") is not None:
+                raise ValueError("config 同时给了 rope_parameters（v5）与 rope_scaling（v4）：只保留一种")
+            d["rope_scaling"] = dict(rope_parameters)
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"LlamaConfig 不认识这些字段：{unknown}；可用字段：{sorted(names)}")
+        return cls(**d)
+
+
+# ---------------------------------------------------------------------------------------------------
+# 2. RoPE 频率：inv_freq[i] = 1 / theta^(2i/d)，各种缩放只是改写这条频率表（以及 cos/sin 的整体缩放）
+# ---------------------------------------------------------------------------------------------------
+
+
+def _base_inv_freq(theta: float | Tensor, dim: int) -> Tensor:
+    """(dim/2,) 原始 RoPE 频率：theta^(-2i/d)。写法与 HF 相同（float32 的 arange/dim 再求幂），保证逐位一致。"""
+    return 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+
+
+def rope_inv_freq(config: LlamaConfig, seq_len: int | None = None) -> tuple[Tensor, float]:
+    """返回 (inv_freq (head_dim/2,), attention_scaling)：cos/sin 要再乘 attention_scaling（只有 yarn ≠ 1）。
+
+    seq_len 只对 dynamic 有意义：序列超过 max_position_embeddings 时放大 theta（NTK-aware），否则与 default 相同。
+    """
+    dim, theta, s = config.head_dim, config.rope_theta, config.rope_scaling or {}
+    rope_type = config.rope_type
+    if rope_type == "default":
+        return _base_inv_freq(theta, dim), 1.0
+    factor = s["factor"]
+    if rope_type == "linear":
+        # 位置插值：把位置 m 换成 m/factor，等价于频率除以 factor
+        return _base_inv_freq(theta, dim) / factor, 1.0
+    if rope_type == "dynamic":
+        # theta' = theta * (factor*L/L0 - (factor-1))^(d/(d-2))；L <= L0 时 theta' = theta。
+        # 用 float32 张量计算，与 HF 的运算顺序和精度一致（否则长序列的角度会差 1e-5 量级）
+        max_pos = config.max_position_embeddings
+        length = torch.tensor(max(seq_len or max_pos, max_pos))
+        theta_t = theta * ((factor * length / max_pos) - (factor - 1)) ** (dim / (dim - 2))
+        return _base_inv_freq(theta_t, dim), 1.0
+    if rope_type == "llama3":
+        # 按波长分三段：高频（波长 < L0/high）不动，低频（波长 > L0/low）除以 factor，中间线性平滑过渡
+        inv_freq = _base_inv_freq(theta, dim)
+        old_len = s["original_max_position_embeddings"]
+        low_wavelen, high_wavelen = old_len / s["low_freq_factor"], old_len / s["high_freq_factor"]
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+        smooth = (old_len / wavelen - s["low_freq_factor"]) / (s["high_freq_factor"] - s["low_freq_factor"])
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        is_medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+        return torch.where(is_medium, smoothed, scaled), 1.0
+    # yarn：高频维度外推（不变）、低频维度插值（除以 factor），中间按"转了多少圈"线性混合；cos/sin 再乘 mscale
+    old_len = s["original_max_position_embeddings"]
+
+    def mscale_of(scale: float, m: float = 1.0) -> float:
+        return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+    attention_factor = s.get("attention_factor")
+    if attention_factor is None:
+        if s.get("mscale") and s.get("mscale_all_dim"):
+            attention_factor = float(mscale_of(factor, s["mscale"]) / mscale_of(factor, s["mscale_all_dim"]))
+        else:
+            attention_factor = mscale_of(factor)
+    beta_fast, beta_slow = s.get("beta_fast") or 32, s.get("beta_slow") or 1
+
+    def dim_for_rotations(n_rot: float) -> float:  # 在 old_len 内恰好转 n_rot 圈的那个维度（连续值）
+        return (dim * math.log(old_len / (n_rot * 2 * math.pi))) / (2 * math.log(theta))
+
+    low, high = dim_for_rotations(beta_fast), dim_for_rotations(beta_slow)
+    if s.get("truncate", True):
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
+    if low == high:
+        high += 0.001  # 防止除零
+    ramp = torch.clamp((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low), 0, 1)
+    extrapolation_weight = 1 - ramp
+    pos_freqs = theta ** (torch.arange(0, dim, 2).float() / dim)
+    inv_freq = (1.0 / (factor * pos_freqs)) * (1 - extrapolation_weight) + (1.0 / pos_freqs) * extrapolation_weight
+    return inv_freq, attention_factor
+
+
+# ---------------------------------------------------------------------------------------------------
+# 3. 注意力后端：fn(q, k, v, *, is_causal, attn_mask, scale) -> (B, H, T, D)
+#    q: (B, H, T, D)，k/v: (B, H_kv, S, D)。后端自己负责 GQA（复制 KV 头或原生支持）。
+#    is_causal=True 只在 T == S（没有缓存的前缀）时出现；有前缀或 padding 时模型给出 bool 的 attn_mask
+#    （形状可广播到 (B, H, T, S)，True = 可以看），is_causal=False。
+# ---------------------------------------------------------------------------------------------------
+
+AttentionFn = Callable[..., Tensor]
+
+
+def _repeat_kv(x: Tensor, n_rep: int) -> Tensor:
+    """(B, H_kv, S, D) -> (B, H_kv*n_rep, S, D)：第 j 个 KV 头服务第 j*n_rep ... (j+1)*n_rep-1 个 Q 头。"""
+    if n_rep == 1:
+        return x
+    b, h_kv, s, d = x.shape
+    return x[:, :, None].expand(b, h_kv, n_rep, s, d).reshape(b, h_kv * n_rep, s, d)
+
+
+def eager_attention(q: Tensor, k: Tensor, v: Tensor, *, is_causal: bool, attn_mask: Tensor | None,
+                    scale: float) -> Tensor:
+    """手写版：softmax(q k^T * scale + mask) v。softmax 在 fp32 里做（与 HF eager 相同），bf16 下更稳。"""
+    n_rep = q.size(1) // k.size(1)
+    k, v = _repeat_kv(k, n_rep), _repeat_kv(v, n_rep)  # (B, H, S, D)
+    scores = torch.matmul(q, k.transpose(-2, -1)) * scale  # (B, H, T, S)
+    if is_causal:
+        t, s = scores.shape[-2:]
+        attn_mask = torch.ones(t, s, dtype=torch.bool, device=q.device).tril()
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float("-inf"))
+    probs = scores.softmax(dim=-1, dtype=torch.float32).to(q.dtype)
+    return torch.matmul(probs, v)  # (B, H, T, D)
+
+
+def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, *, is_causal: bool, attn_mask: Tensor | None,
+                   scale: float) -> Tensor:
+    """PyTorch 的融合注意力（CPU 上是 flash 式分块算法，GPU 上是 FlashAttention / memory-efficient 内核）。
+
+    GQA：不带 mask 时用 enable_gqa（内核内部按组广播，省掉复制 KV 的内存）；带 mask 时不少内核不支持
+    enable_gqa，就先把 KV 头复制到 H 个（与 HF 的选择相同）。
+    """
+    n_rep = q.size(1) // k.size(1)
+    if n_rep > 1 and attn_mask is not None:
+        k, v = _repeat_kv(k, n_rep), _repeat_kv(v, n_rep)
+        n_rep = 1
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=scale,
+                                          enable_gqa=n_rep > 1)
+
+
+ATTENTION_BACKENDS: dict[str, AttentionFn] = {"eager": eager_attention, "sdpa": sdpa_attention}
+
+
+def register_attention_backend(name: str, fn: AttentionFn) -> None:
+    """注册一个注意力实现（例如 Triton FlashAttention）；之后 LlamaConfig(attn_implementation=name) 即可使用。"""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"注意力后端名 {name!r} 必须是非空字符串")
+    if not callable(fn):
+        raise ValueError(f"注意力后端 {name!r} 必须是可调用对象，签名 fn(q, k, v, *, is_causal, attn_mask, scale)")
+    ATTENTION_BACKENDS[name] = fn
+
+
+# ---------------------------------------------------------------------------------------------------
+# 4. KV cache：预分配 (L, B, H_kv, S_max, D)，解码时只写入新位置，不做 torch.cat（cat 每步都要复制整段历史）
+# ---------------------------------------------------------------------------------------------------
+
+
+class KVCache:
+    """每层的 K/V 缓冲区。`seq_len` 是已经写入的 token 数，也就是下一个 token 的位置。"""
+
+    def __init__(self, num_layers: int, batch_size: int, num_kv_heads: int, max_seq_len: int, head_dim: int,
+                 device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> None:
+        shape = (num_layers, batch_size, num_kv_heads, max_seq_len, head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.batch_size, self.max_seq_len, self.seq_len = batch_size, max_seq_len, 0
+
+    def update(self, layer_idx: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """写入新的 k/v（B, H_kv, T, D），返回这一层到目前为止的全部 K/V：(B, H_kv, seq_len+T, D)。"""
+        start, end = self.seq_len, self.seq_len + k.size(2)
+        self.k[layer_idx, :, :, start:end] = k
+        self.v[layer_idx, :, :, start:end] = v
+        return self.k[layer_idx, :, :, :end], self.v[layer_idx, :, :, :end]
+
+    def advance(self, n: int) -> None:
+        """所有层都写完之后调用一次：位置前进 n。"""
+        self.seq_len += n
+
+    def reset(self) -> None:
+        self.seq_len = 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# 5. 模块
+# ---------------------------------------------------------------------------------------------------
+
+
+class RMSNorm(nn.Module):
+    """y = w * x / sqrt(mean(x^2) + eps)。在 fp32 里求均方根再转回原 dtype，最后乘权重（与 HF 的顺序相同）。"""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.numel()}, eps={self.eps}"
+
+
+class RotaryEmbedding(nn.Module):
+    """由位置算出 cos/sin 表（B 或 1, T, D）。inv_freq 是不进 state_dict 的 buffer（由 config 决定，不是权重）。"""
+
+    def __init__(self, config: LlamaConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.reset_inv_freq()
+
+    def reset_inv_freq(self, device: torch.device | None = None) -> None:
+        inv_freq, self.attention_scaling = rope_inv_freq(self.config)
+        self.register_buffer("inv_freq", inv_freq.to(device), persistent=False)
+
+    def _apply(self, fn, recurse: bool = True):
+        """model.to(torch.bfloat16) 会把所有浮点 buffer 一起降精度；这里让 inv_freq 始终按 config 在 fp32 里重算。
+
+        为什么：bf16 只有 8 位有效数字，inv_freq 的相对误差约 2^-9，位置 m 处的角度误差约 m * inv_freq * 2^-9，
+        m = 2000 时可达数个弧度——位置编码就错了。HF 的 from_pretrained(dtype=bf16) 同样把它留在 fp32
+        （但 HF 模型上直接 .to(bf16) 会把它降成 bf16）。
+        """
+        super()._apply(fn, recurse)
+        self.reset_inv_freq(self.inv_freq.device)
+        return self
+
+    def forward(self, position_ids: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        inv_freq = self.inv_freq
+        if self.config.rope_type == "dynamic":
+            seq_len = int(position_ids.max()) + 1
+            if seq_len > self.config.max_position_embeddings:
+                inv_freq = rope_inv_freq(self.config, seq_len)[0].to(inv_freq.device)
+        # 角度 θ_{m,i} = m * inv_freq[i]，在 fp32 里算（bf16 表示不了大位置 m 的精细角度）
+        freqs = position_ids[..., None].float() * inv_freq  # (B, T, D/2)
+        emb = torch.cat((freqs, freqs), dim=-1)  # (B, T, D)：HF 的"前半/后半"配对约定
+        cos, sin = emb.cos() * self.attention_scaling, emb.sin() * self.attention_scaling
+        return cos.to(dtype), sin.to(dtype)
+
+
+def _rotate_half(x: Tensor) -> Tensor:
+    """(x1, x2) -> (-x2, x1)：把第 i 维与第 i+D/2 维配成一对做二维旋转。"""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """x: (B, H, T, D)；cos/sin: (B, T, D)。x' = x*cos + rotate_half(x)*sin，即每对坐标旋转角度 θ。"""
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (B, 1, T, D)，对所有头广播
+    return x * cos + _rotate_half(x) * sin
+
+
+class Attention(nn.Module):
+    """GQA 自注意力：H 个 Q 头共享 H_kv 组 K/V（H_kv = H 时就是 MHA，H_kv = 1 时是 MQA）。"""
+
+    def __init__(self, config: LlamaConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.config, self.layer_idx = config, layer_idx
+        self.n_head, self.n_kv_head, self.head_dim = (config.num_attention_heads, config.num_key_value_heads,
+                                                      config.head_dim)
+        self.scale = self.head_dim ** -0.5
+        bias = config.attention_bias
+        self.q_proj = nn.Linear(config.hidden_size, self.n_head * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(config.hidden_size, self.n_kv_head * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(config.hidden_size, self.n_kv_head * self.head_dim, bias=bias)
+        self.o_proj = nn.Linear(self.n_head * self.head_dim, config.hidden_size, bias=bias)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, kv_cache: KVCache | None,
+                attn_mask: Tensor | None) -> Tensor:
+        b, t, _ = x.shape
+        q = self.q_proj(x).view(b, t, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        k = self.k_proj(x).view(b, t, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, H_kv, T, D)
+        v = self.v_proj(x).view(b, t, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, H_kv, T, D)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        has_prefix = kv_cache is not None and kv_cache.seq_len > 0
+        if kv_cache is not None:
+            k, v = kv_cache.update(self.layer_idx, k, v)  # (B, H_kv, S, D)，S = 前缀 + T
+        # 没有前缀也没有 padding 时走 is_causal（内核可跳过上三角）；有前缀时 mask 由模型统一构造
+        is_causal = attn_mask is None and not has_prefix and t > 1
+        backend = ATTENTION_BACKENDS[self.config.attn_implementation]
+        y = backend(q, k, v, is_causal=is_causal, attn_mask=attn_mask, scale=self.scale)  # (B, H, T, D)
+        y = y.transpose(1, 2).reshape(b, t, self.n_head * self.head_dim)  # (B, T, H*D)
+        return self.o_proj(y)
+
+    def extra_repr(self) -> str:
+        return f"heads={self.n_head}, kv_heads={self.n_kv_head}, head_dim={self.head_dim}, " \
+               f"backend={self.config.attn_implementation!r}"
+
+
+class MLP(nn.Module):
+    """SwiGLU：down(silu(gate(x)) * up(x))。"""
+
+    def __init__(self, config: LlamaConfig) -> None:
+        super().__init__()
+        h, i, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
+        self.gate_proj = nn.Linear(h, i, bias=bias)
+        self.up_proj = nn.Linear(h, i, bias=bias)
+        self.down_proj = nn.Linear(i, h, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm 残差块：x + attn(norm(x))，再 x + mlp(norm(x))。"""
+
+    def __init__(self, config: LlamaConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = Attention(config, layer_idx)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, kv_cache: KVCache | None,
+                attn_mask: Tensor | None) -> Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, kv_cache, attn_mask)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class LlamaModel(nn.Module):
+    """不含 lm_head 的主干；属性名对应 HF 的 `model.*` 权重名。"""
+
+    def __init__(self, config: LlamaConfig) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.rotary_emb = RotaryEmbedding(config)
+
+    def forward(self, input_ids: Tensor, position_ids: Tensor, kv_cache: KVCache | None,
+                attn_mask: Tensor | None) -> Tensor:
+        x = self.embed_tokens(input_ids)  # (B, T, C)
+        cos, sin = self.rotary_emb(position_ids, x.dtype)  # (B 或 1, T, D)
+        for layer in self.layers:
+            x = layer(x, cos, sin, kv_cache, attn_mask)
+        return self.norm(x)
+
+
+# ---------------------------------------------------------------------------------------------------
+# 6. Llama：语言模型 = 主干 + lm_head
+# ---------------------------------------------------------------------------------------------------
+
+
+class Llama(nn.Module):
+    """Llama 因果语言模型。权重名与 HF LlamaForCausalLM 相同（model.embed_tokens、model.layers.N.self_attn.q_proj、
+    …、lm_head），所以 state_dict 可以直接与 HF 互换；是普通的 nn.Module，没有全局状态，DDP/FSDP 可直接包装。"""
+
+    def __init__(self, config: LlamaConfig) -> None:
+        super().__init__()
+        if config.attn_implementation not in ATTENTION_BACKENDS:
+            raise ValueError(f"attn_implementation={config.attn_implementation!r} 未注册；已注册的后端："
+                             f"{sorted(ATTENTION_BACKENDS)}（用 register_attention_backend 注册新的）")
+        self.config = config
+        self.model = LlamaModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight  # 输入/输出共享同一矩阵
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """GPT-2 式初始化：所有 Linear/Embedding ~ N(0, 0.02)；写回残差流的投影（o_proj、down_proj）再除以 sqrt(2L)。
+
+        为什么：每层往残差流里加 2 次（注意力、MLP），L 层共 2L 个独立增量，方差相加；
+        把每个增量的标准差缩小 sqrt(2L) 倍，残差流的方差在初始化时就不随深度增长。
+        """
+        std = self.config.initializer_range
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+        residual_std = std / math.sqrt(2 * self.config.num_hidden_layers)
+        for layer in self.model.layers:
+            nn.init.normal_(layer.self_attn.o_proj.weight, mean=0.0, std=residual_std)
+            nn.init.normal_(layer.mlp.down_proj.weight, mean=0.0, std=residual_std)
+
+    # ---- 计数 ----
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        """参数量（共享的权重只算一次）。exclude_embeddings=True 时去掉输入嵌入表（Kaplan 等人的 N 的口径）。"""
+        n = sum(p.numel() for p in self.parameters())  # parameters() 已对共享参数去重
+        if exclude_embeddings:
+            n -= self.model.embed_tokens.weight.numel()
+        return n
+
+    def flops_per_token(self, seq_len: int, backward: bool = True) -> int:
+        """每个 token 的浮点运算数（乘加各算 1 次）。
+
+        前向 = 2 * N_matmul + 4 * L * H * D * seq_len：
+          - 每个矩阵乘参数贡献一次乘加 = 2 FLOPs（N_matmul = 所有 Linear 权重，含 lm_head，不含查表的嵌入）；
+          - 注意力的 q k^T 与 probs v 各是 2 * H * D * seq_len（按完整的 seq_len 计，PaLM 附录 B 的口径，
+            不扣因果掩码省下的一半）。
+        训练（backward=True）再乘 3：反向要对激活和权重各求一次梯度，约是前向的 2 倍。
+        """
+        n_matmul = sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
+        c = self.config
+        forward = 2 * n_matmul + 4 * c.num_hidden_layers * c.num_attention_heads * c.head_dim * seq_len
+        return 3 * forward if backward else forward
+
+    # ---- 前向 ----
+    def make_kv_cache(self, batch_size: int, max_seq_len: int | None = None) -> KVCache:
+        """为增量解码分配 KV cache（设备、dtype 与模型权重相同）。"""
+        c = self.config
+        max_seq_len = max_seq_len or c.max_position_embeddings
+        w = self.lm_head.weight
+        return KVCache(c.num_hidden_layers, batch_size, c.num_key_value_heads, max_seq_len, c.head_dim,
+                       device=w.device, dtype=w.dtype)
+
+    def _check_input_ids(self, input_ids: Tensor, start: int = 0, max_new_tokens: int = 0) -> None:
+        if not isinstance(input_ids, Tensor) or input_ids.dim() != 2:
+            shape = tuple(input_ids.shape) if isinstance(input_ids, Tensor) else type(input_ids).__name__
+            raise ValueError(f"input_ids 应为 (B, T) 的整数张量，实际是 {shape}")
+        if input_ids.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"input_ids 的 dtype 是 {input_ids.dtype}，应为 torch.long（token id）")
+        if input_ids.size(1) == 0:
+            raise ValueError("input_ids 的长度 T=0：至少需要一个 token")
+        c = self.config
+        end = start + input_ids.size(1) + max_new_tokens
+        # 只有 dynamic RoPE 的设计目的就是超出训练长度（按当前长度放大 theta），其余类型超出即报错
+        if end > c.max_position_embeddings and c.rope_type != "dynamic":
+            parts = f"前缀 {start} + " if start else ""
+            parts += f"输入 {input_ids.size(1)}" + (f" + 生成 {max_new_tokens}" if max_new_tokens else "")
+            raise ValueError(f"序列长度 {end}（{parts}）超过 max_position_embeddings={c.max_position_embeddings}；"
+                             "请截断输入、减少生成长度，或使用 rope_scaling 扩展上下文")
+        lo, hi = int(input_ids.min()), int(input_ids.max())
+        if lo < 0 or hi >= c.vocab_size:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"token id {bad} 超出词表范围 [0, {c.vocab_size})：检查分词器与 vocab_size 是否一致")
+
+    def forward(self, input_ids: Tensor, targets: Tensor | None = None, *, kv_cache: KVCache | None = None,
+                position_ids: Tensor | None = None, attention_mask: Tensor | None = None
+                ) -> Tensor | tuple[Tensor, Tensor]:
+        """input_ids (B, T) -> logits (B, T, V)；给了 targets 则返回 (logits, loss)。
+
+        targets 用 nanoGPT 的约定：已经对齐好，targets[:, t] 是 input_ids[:, t] 的下一个 token，-100 的位置不计损失。
+        与 HF 的 labels 的关系：HF 在内部做移位，labels 与 input_ids 对齐（通常 labels = input_ids），
+        等价的 targets = labels 左移一位、末尾补 -100：`targets = F.pad(labels[:, 1:], (0, 1), value=-100)`。
+
+        kv_cache：增量解码。前缀长度 = kv_cache.seq_len，新 token 的位置从它开始，K/V 写进缓存，调用后前进 T。
+        position_ids：(B, T) 或 (T,)，默认 start..start+T-1（左侧 padding 的批量生成需要自己给）。
+        attention_mask：(B, S) 的 0/1，S = 前缀 + T，0 表示 padding（该位置不被任何 query 看到）。
+        """
+        b, t = input_ids.shape if isinstance(input_ids, Tensor) and input_ids.dim() == 2 else (0, 0)
+        start = kv_cache.seq_len if kv_cache is not None else 0
+        self._check_input_ids(input_ids, start)
+        if kv_cache is not None:
+            if kv_cache.batch_size != b:
+                raise ValueError(f"kv_cache 的 batch_size={kv_cache.batch_size} 与 input_ids 的 B={b} 不一致")
+            if start + t > kv_cache.max_seq_len:
+                raise ValueError(f"kv_cache 容量 {kv_cache.max_seq_len} 不够：已有 {start}，再写 {t}；"
+                                 "用 make_kv_cache(batch_size, max_seq_len) 分配更大的缓存")
+        if position_ids is None:
+            position_ids = torch.arange(start, start + t, device=input_ids.device)[None]  # (1, T)
+        elif position_ids.dim() == 1:
+            position_ids = position_ids[None]
+        h = self._forward_hidden(input_ids, position_ids, kv_cache, attention_mask)  # (B, T, C)
+        logits = self.lm_head(h)  # (B, T, V)
+        if targets is None:
+            return logits
+        if targets.shape != input_ids.shape:
+            raise ValueError(f"targets 的形状 {tuple(targets.shape)} 应与 input_ids {tuple(input_ids.shape)} 相同")
+        # 交叉熵在 fp32 里算：bf16 的 log-softmax 在大词表上误差明显
+        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+        return logits, loss
+
+    @staticmethod
+    def _build_attn_mask(t: int, start: int, attention_mask: Tensor | None, device: torch.device,
+                         b: int) -> Tensor | None:
+        """返回 bool 掩码 (B 或 1, 1, T, S)，True = 可以看；无前缀且无 padding 时返回 None（走 is_causal）。
+
+        有前缀（KV cache）时，第 i 个新 query 的位置是 start+i，可以看 key 0..start+i（右下对齐的因果掩码）。
+        只有 1 个新 token 且无 padding 时，它能看全部 key，也不需要掩码。
+        """
+        s = start + t
+        if attention_mask is None:
+            if start == 0 or t == 1:
+                return None
+            pad = None
+        else:
+            if attention_mask.shape != (b, s):
+                raise ValueError(f"attention_mask 形状应为 (B, 前缀+T) = ({b}, {s})，实际 {tuple(attention_mask.shape)}")
+            pad = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, S)
+        q_pos = torch.arange(start, s, device=device)[:, None]  # (T, 1)
+        causal = torch.arange(s, device=device)[None, :] <= q_pos  # (T, S)
+        mask = causal[None, None] if pad is None else causal[None, None] & pad  # (B|1, 1, T, S)
+        # padding 位置上的 query 可能一个 key 都看不到，softmax 会得到 NaN；让它看全部（其输出无人使用）
+        return mask | ~mask.any(dim=-1, keepdim=True)
+
+    # ---- 生成 ----
+    @torch.no_grad()
+    def generate(self, input_ids: Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 top_p: float | None = None, *, generator: torch.Generator | None = None,
+                 eos_token_id: int | None = None, attention_mask: Tensor | None = None,
+                 use_cache: bool = True) -> Tensor:
+        """自回归生成，返回 (B, T + 生成的长度)。temperature=0 为贪心（与 HF 的 do_sample=False 相同）。
+
+        use_cache=True：先整段 prefill 写入 KV cache，之后每步只喂 1 个 token；False：每步重算整个序列（慢，用于对照）。
+        eos_token_id：某行生成 eos 后，之后填 pad_token_id（没有则填 eos）；所有行都结束就提前停止。
+        attention_mask：左侧 padding 的批量生成（(B, T) 的 0/1），位置编号按 HF 的规则从第一个真实 token 记 0。
+        """
+        validate_sampling_args(temperature, top_k, top_p)
+        if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens={max_new_tokens!r} 必须是 >= 0 的整数")
+        self._check_input_ids(input_ids, max_new_tokens=max_new_tokens)
+        b, t = input_ids.shape
+        if max_new_tokens == 0:
+            return input_ids
+        pad_id = self.config.pad_token_id if self.config.pad_token_id is not None else eos_token_id
+        mask = None if attention_mask is None else attention_mask.to(torch.long)
+
+        def positions(m: Tensor | None, length: int) -> Tensor:
+            if m is None:
+                return torch.arange(length, device=input_ids.device)[None]
+            return (m.cumsum(-1) - 1).masked_fill(m == 0, 1)  # 与 HF generate 相同：padding 的位置号填 1
+
+        cache = self.make_kv_cache(b, t + max_new_tokens) if use_cache else None
+        seq, new_ids = input_ids, input_ids
+        finished = torch.zeros(b, dtype=torch.bool, device=input_ids.device)
+        for _ in range(max_new_tokens):
+            pos = positions(mask, seq.size(1))
+            if cache is not None:
+                pos = pos[:, -new_ids.size(1):]
+                h = self._forward_hidden(new_ids, pos, cache, mask)
+            else:
+                h = self._forward_hidden(seq, pos, None, mask)
+            logits = self.lm_head(h[:, -1, :]).float()  # 只算最后一个位置：省掉 (T-1) * V 的 lm_head 计算
+            next_id = sample_next_token(logits, temperature, top_k, top_p, generator)  # (B,)
+            if eos_token_id is not None:
+                next_id = torch.where(finished, torch.full_like(next_id, pad_id), next_id)
+                finished |= next_id == eos_token_id
+            new_ids = next_id[:, None]
+            seq = torch.cat([seq, new_ids], dim=1)
+            if mask is not None:
+                mask = torch.cat([mask, mask.new_ones(b, 1)], dim=1)
+            if eos_token_id is not None and bool(finished.all()):
+                break
+        return seq
+
+    def _forward_hidden(self, ids: Tensor, position_ids: Tensor, cache: KVCache | None,
+                        attention_mask: Tensor | None) -> Tensor:
+        """主干前向（不做输入检查、不算 lm_head）：构造掩码 -> 各层 -> 写完缓存后前进位置。"""
+        start = cache.seq_len if cache is not None else 0
+        attn_mask = self._build_attn_mask(ids.size(1), start, attention_mask, ids.device, ids.size(0))
+        h = self.model(ids, position_ids, cache, attn_mask)
+        if cache is not None:
+            cache.advance(ids.size(1))
+        return h
+
+    # ---- 与 HF 目录互通 ----
+    def save_pretrained(self, save_dir: str | os.PathLike) -> Path:
+        """写出 HF 格式目录：model.safetensors + config.json（AutoModelForCausalLM.from_pretrained 可直接加载）。
+
+        共享权重时不写 lm_head.weight（与 HF 相同，它由 tie_word_embeddings 在加载时重新绑定）。
+        每个文件原子写入；先写权重、最后写 config.json，于是"有 config.json 的目录"里权重一定是完整的。
+        """
+        from safetensors.torch import save_file
+
+        save_dir = Path(save_dir)
+        save_dir.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()
+                   if not (self.config.tie_word_embeddings and k == "lm_head.weight")}
+        with atomic_path(save_dir / "model.safetensors") as tmp:
+            save_file(tensors, str(tmp), metadata={"format": "pt"})
+        cfg = self.config.to_dict()
+        cfg.pop("attn_implementation")  # 运行时选择，不是权重的属性
+        cfg["dtype"] = str(self.lm_head.weight.dtype).removeprefix("torch.")
+        atomic_write(save_dir / "config.json", json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+        return save_dir
+
+    @classmethod
+    def from_pretrained(cls, load_dir: str | os.PathLike, device: torch.device | str | None = None,
+                        dtype: torch.dtype | None = None, attn_implementation: str = "sdpa") -> Llama:
+        """加载 HF LlamaForCausalLM.save_pretrained 写出的目录（单个 model.safetensors 或分片 + index.json）。
+
+        dtype=None 时保持文件里的 dtype。模型先建在 meta 设备上（不分配内存、不做随机初始化），
+        再把读到的张量直接装进去：大模型加载时不会先占一份随机权重的内存。
+        """
+        from safetensors.torch import load_file
+
+        load_dir = Path(load_dir)
+        if not load_dir.is_dir():
+            raise FileNotFoundError(f"模型目录 {load_dir} 不存在")
+        config_file = load_dir / "config.json"
+        if not config_file.is_file():
+            raise FileNotFoundError(f"{load_dir} 里没有 config.json：这不是 save_pretrained 写出的模型目录")
+        raw = json.loads(config_file.read_text(encoding="utf-8"))
+        archs = raw.get("architectures") or ["LlamaForCausalLM"]
+        if raw.get("model_type", "llama") != "llama" or "LlamaForCausalLM" not in archs:
+            raise ValueError(f"{load_dir} 是 model_type={raw.get('model_type')!r}、architectures={archs} 的模型，"
+                             "不是 LlamaForCausalLM")
+        raw["attn_implementation"] = attn_implementation
+        config = LlamaConfig.from_dict(raw)
+
+        single, index = load_dir / "model.safetensors", load_dir / "model.safetensors.index.json"
+        if single.is_file():
+            state = load_file(str(single))
+        elif index.is_file():
+            shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+            state = {}
+            for shard in shards:
+                state.update(load_file(str(load_dir / shard)))
+        else:
+            raise FileNotFoundError(f"{load_dir} 里没有 model.safetensors（或 model.safetensors.index.json）；"
+                                    "只支持 safetensors 格式")
+        # 旧版 HF checkpoint 里可能存了 RoPE 的 inv_freq buffer：它由 config 决定，忽略
+        state = {k: v for k, v in state.items() if not k.endswith("rotary_emb.inv_freq")}
+        if config.tie_word_embeddings:
+            state.pop("lm_head.weight", None)
+
+        with torch.device("meta"):
+            model = cls(config)
+        expected = {k: v for k, v in model.state_dict().items()
+                    if not (config.tie_word_embeddings and k == "lm_head.weight")}
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        if missing or unexpected:
+            raise ValueError(f"{load_dir} 的权重与 config 不匹配：缺少 {missing[:8]}{'…' if len(missing) > 8 else ''}"
+                             f"；多出 {unexpected[:8]}{'…' if len(unexpected) > 8 else ''}")
+        for k, v in expected.items():
+            if state[k].shape != v.shape:
+                raise ValueError(f"权重 {k} 的形状 {tuple(state[k].shape)} 与 config 推出的 {tuple(v.shape)} 不一致")
+        state = {k: v.to(device=device, dtype=dtype) for k, v in state.items()}
+        model.load_state_dict(state, strict=False, assign=True)
+        if config.tie_word_embeddings:
+            model.lm_head.weight = model.model.embed_tokens.weight
+        model.model.rotary_emb.reset_inv_freq(device)  # meta 上建的非持久 buffer 要按 config 重新算
+        return model.eval()
+
+
+# ---------------------------------------------------------------------------------------------------
+# 7. 演示与对照
+# ---------------------------------------------------------------------------------------------------
+
+
+def build_hf_reference(model: Llama):
+    """构造同配置、同权重的 HF LlamaForCausalLM（eval 模式、同 dtype）；main、测试和基准用它做对照。"""
+    import transformers
+
+    cfg = model.config.to_dict()
+    cfg.pop("attn_implementation")
+    for key in ("architectures", "model_type"):
+        cfg.pop(key)
+    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**cfg))
+    hf.load_state_dict(model.state_dict())
+    rotary = hf.model.rotary_emb
+    inv_freq, original = rotary.inv_freq.clone(), rotary.original_inv_freq.clone()
+    hf = hf.to(model.lm_head.weight.dtype)
+    # 与 HF 自己的 from_pretrained(dtype=...) 一致：RoPE 频率留在 fp32（.to(dtype) 会把它一起降精度）
+    rotary.inv_freq, rotary.original_inv_freq = inv_freq, original
+    return hf.eval()
+
+
+def main() -> None:
+    from utils.torch_playground import benchmark, setup_seed
+
+    smoke = is_smoke()
+    setup_seed(0)
+    config = LlamaConfig(vocab_size=256 if smoke else 2048, hidden_size=64 if smoke else 256,
+                         intermediate_size=128 if smoke else 688, num_hidden_layers=2 if smoke else 4,
+                         num_attention_heads=4 if smoke else 8, num_key_value_heads=2 if smoke else 4,
+                         max_position_embeddings=256, rope_theta=10000.0)
+    model = Llama(config).eval()
+    b, t = (2, 17) if smoke else (4, 128)
+    print(f"Llama: {config.num_hidden_layers} 层, hidden={config.hidden_size}, heads={config.num_attention_heads}"
+          f"/{config.num_key_value_heads}（GQA）, 参数量 {model.num_parameters():,}"
+          f"（不含嵌入 {model.num_parameters(exclude_embeddings=True):,}）, "
+          f"训练 FLOPs/token @T={t}: {model.flops_per_token(t) / 1e6:.2f} M")
+
+    hf = build_hf_reference(model)
+    ids = torch.randint(0, config.vocab_size, (b, t))
+    targets = F.pad(ids[:, 1:], (0, 1), value=-100)
+    model.train()
+    logits, loss = model(ids, targets)
+    loss.backward()
+    hf_out = hf(ids, labels=ids)
+    hf_out.loss.backward()
+    max_diff = (logits - hf_out.logits).abs().max().item()
+    g_ours = model.model.layers[0].self_attn.q_proj.weight.grad
+    g_hf = hf.model.layers[0].self_attn.q_proj.weight.grad
+    print(f"与 HF 对照：logits 最大差 {max_diff:.2e}，loss {loss.item():.6f} vs {hf_out.loss.item():.6f}，"
+          f"q_proj 梯度最大差 {(g_ours - g_hf).abs().max().item():.2e}")
+    assert max_diff < 1e-4 and abs(loss.item() - hf_out.loss.item()) < 1e-5
+    model.eval()
+
+    prompt = ids[:1, :8]
+    n_new = 8 if smoke else 32
+    ours = model.generate(prompt, n_new, temperature=0)
+    theirs = hf.generate(prompt, max_new_tokens=n_new, do_sample=False, eos_token_id=None, pad_token_id=0)
+    print(f"贪心生成 {n_new} 个 token 与 HF 相同：{torch.equal(ours, theirs)}")
+    assert torch.equal(ours, theirs)
+
+    def step(m, use_hf: bool) -> None:
+        m.zero_grad(set_to_none=True)
+        (m(ids, labels=ids).loss if use_hf else m(ids, targets)[1]).backward()
+
+    model.train()
+    hf.train()
+    reps = 3 if smoke else 5
+    ms_hf = benchmark(lambda: step(hf, True), warmup=2, reps=reps)
+    ms_ours = benchmark(lambda: step(model, False), warmup=2, reps=reps)
+    tok = b * t
+    print(f"前向+反向 {tok} tokens：ours {tok / ms_ours * 1e3:,.0f} tok/s，HF {tok / ms_hf * 1e3:,.0f} tok/s，"
+          f"比值 {ms_hf / ms_ours:.2f}x（完整测量见 benchmarks/model_lab_llama.py）")
+
+
+if __name__ == "__main__":
+    main()
