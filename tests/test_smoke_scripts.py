@@ -61,6 +61,8 @@ def test_script_runs_with_smoke(path: Path, tmp_path: Path):
         MPLBACKEND="Agg",
         LLM_CHECKPOINTS_DIR=str(tmp_path / "checkpoints"),
         TQDM_DISABLE="1",
+        # pytest-xdist 已经在每个核上跑一个 worker：子进程再开多线程只会互相抢核、慢一个数量级
+        OMP_NUM_THREADS="1",
     )
     proc = subprocess.run(
         command_for(path), cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT_S
