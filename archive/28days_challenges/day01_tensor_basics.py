@@ -1,0 +1,247 @@
+"""第 1 天 张量基础：创建、dtype、device。
+
+张量（Tensor）= 一块连续（或带步长）的内存 + 元信息：形状 shape、元素类型 dtype、所在设备 device。
+今天把"造张量"的几条路和 dtype / device 的规矩摸清楚：
+
+1. 创建：torch.tensor(数据) 会复制数据并推断 dtype；torch.zeros/ones/full/empty/arange/linspace
+   按形状造；*_like 系列（zeros_like、ones_like…）照抄另一个张量的 shape、dtype、device。
+   torch.empty 不初始化内存（里面是垃圾值），只在马上要整个覆盖时才用。
+2. dtype：默认浮点是 float32，整数是 int64。混合运算按"类型提升"规则：int + float → float，
+   float32 + float64 → float64，但"0 维张量 / Python 数字"不会把高维张量提升到更宽的同类 dtype。
+   uint8 图像相加会**回绕溢出**（200 + 100 = 44），先转 float 再算。
+   每种 dtype 占的字节：float32/int32 4 字节，float16/bfloat16 2 字节，int64/float64 8 字节，
+   显存 / 内存占用 = numel × element_size。
+3. device：张量和模型必须在同一设备上才能运算。x.to(device) / x.to(other) 返回新张量
+   （已经在目标设备且 dtype 相同则返回自身）；x.to(other) 同时对齐 dtype 和 device。
+4. 随机数可复现：torch.Generator().manual_seed(s) 产生的序列与 torch.manual_seed(s) 之后的全局序列相同；
+   在库代码里传 generator=g 而不是改全局种子，不会干扰调用者的随机状态。
+
+练习：ex1–ex7；ex2、ex3 是谜题（只许用 torch.arange / torch.where / 广播 / 算术），
+自检时会检查它们调用了哪些函数。运行：
+
+    python archive/28days_challenges/day01_tensor_basics.py
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+import textwrap
+from inspect import getsource
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from utils.io import is_smoke
+from utils.torch_playground import setup_seed, time_block
+
+
+# =============================================================================
+# 练习（函数体就是参考解答；想自己做，就把函数体换成 raise NotImplementedError 再运行本文件）
+# =============================================================================
+def ex1_zeros_like(x: torch.Tensor) -> torch.Tensor:
+    """不用 *_like 函数，造一个与 x 形状、dtype、device 都相同的全零张量（对照 torch.zeros_like）。"""
+    return torch.zeros(x.shape, dtype=x.dtype, device=x.device)
+
+
+def ex2_eye(n: int) -> torch.Tensor:
+    """谜题：只用 torch.arange、torch.where 和广播，造 n×n 的 float32 单位矩阵（对照 torch.eye）。"""
+    i = torch.arange(n)
+    # (n, 1) 与 (n,) 广播成 (n, n)：行号 == 列号 的位置是对角线
+    return torch.where(i[:, None] == i, 1.0, 0.0)
+
+
+def ex3_linspace(start: float, end: float, steps: int) -> torch.Tensor:
+    """谜题：只用 torch.arange 和算术，造 float64 的等差数列（对照 torch.linspace(..., dtype=float64)）。
+
+    提示：步长 = (end − start) / (steps − 1)；steps == 1 时只有 start 一个点。
+    """
+    if steps == 1:
+        return torch.arange(1, dtype=torch.float64) * 0 + start
+    step = (end - start) / (steps - 1)
+    return start + torch.arange(steps, dtype=torch.float64) * step
+
+
+def ex4_image_to_float(img: torch.Tensor) -> torch.Tensor:
+    """把 (H, W, C) 的 uint8 图像转成 (C, H, W) 的 float32，数值缩放到 [0, 1]。
+
+    陷阱：在 uint8 上做加法、乘法会回绕溢出，要先转 float；PyTorch 的 `/` 总是真除法（结果是浮点），
+    `//` 才是整除。permute 得到的是非连续视图，逐元素运算会产生新的连续张量。
+    """
+    return img.permute(2, 0, 1).to(torch.float32) / 255.0
+
+
+def ex5_nbytes(x: torch.Tensor) -> int:
+    """x 的数据占多少字节（对照 x.nbytes）：元素个数 × 每个元素的字节数。"""
+    return x.numel() * x.element_size()
+
+
+def ex6_reproducible_randn(seed: int, n: int) -> torch.Tensor:
+    """用独立的 torch.Generator（不碰全局随机状态）生成 n 个标准正态数，
+    结果要与 `torch.manual_seed(seed); torch.randn(n)` 相同。"""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, generator=g)
+
+
+def ex7_match(x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """把 x 转成与 other 相同的 dtype 和 device（对照 x.to(other)），不要用 .to(other) 这个重载。"""
+    return x.to(device=other.device, dtype=other.dtype)
+
+
+# =============================================================================
+# 参考实现与输入
+# =============================================================================
+def _rand_shape(g: torch.Generator, max_dim: int = 3) -> tuple[int, ...]:
+    ndim = int(torch.randint(1, max_dim + 1, (), generator=g))
+    return tuple(int(s) for s in torch.randint(1, 5, (ndim,), generator=g))
+
+
+_DTYPES = (torch.float32, torch.float64, torch.int64, torch.int32, torch.uint8, torch.bfloat16, torch.bool)
+
+
+def _any_tensor(g: torch.Generator) -> torch.Tensor:
+    dtype = _DTYPES[int(torch.randint(len(_DTYPES), (), generator=g))]
+    return (torch.randn(_rand_shape(g), generator=g) * 10).to(dtype)
+
+
+def _ref_randn(seed: int, n: int) -> torch.Tensor:
+    with torch.random.fork_rng():  # 只在这个 with 里改全局种子，出来后恢复
+        torch.manual_seed(seed)
+        return torch.randn(n)
+
+
+CHECKS = [
+    ("ex1_zeros_like", torch.zeros_like, lambda g: (_any_tensor(g),)),
+    ("ex2_eye", torch.eye, lambda g: (int(torch.randint(1, 7, (), generator=g)),)),
+    (
+        "ex3_linspace",
+        lambda a, b, n: torch.linspace(a, b, n, dtype=torch.float64),
+        lambda g: (float(torch.randn((), generator=g)), float(torch.randn((), generator=g)) * 5,
+                   int(torch.randint(1, 9, (), generator=g))),
+    ),
+    (
+        "ex4_image_to_float",
+        lambda img: img.movedim(-1, 0).float().div(255),
+        lambda g: (torch.randint(0, 256, (3, 4, 3), generator=g, dtype=torch.uint8),),
+    ),
+    ("ex5_nbytes", lambda x: x.nbytes, lambda g: (_any_tensor(g),)),
+    ("ex6_reproducible_randn", _ref_randn, lambda g: (int(torch.randint(0, 10_000, (), generator=g)), 5)),
+    ("ex7_match", lambda x, other: x.to(other), lambda g: (_any_tensor(g), _any_tensor(g))),
+]
+
+PUZZLE_ALLOWED = {
+    "ex2_eye": {"torch.arange", "torch.where"},
+    "ex3_linspace": {"torch.arange"},
+}
+
+
+def demo() -> None:
+    a = torch.tensor([200, 100], dtype=torch.uint8)
+    print(f"uint8 回绕：{a.tolist()} 之和 = {int(a.sum())}（sum 提升到 int64），逐元素 a[0]+a[1] = {int(a[0] + a[1])}")
+    print(f"类型提升：int64 + float32 → {(torch.ones(1, dtype=torch.int64) + torch.ones(1)).dtype}；"
+          f"float32 张量 + float64 的 0 维张量 → {(torch.ones(2) + torch.tensor(1.0, dtype=torch.float64)).dtype}")
+    for dt in (torch.float64, torch.float32, torch.bfloat16, torch.int8):
+        print(f"  {str(dt):15s} 每元素 {torch.empty(0, dtype=dt).element_size()} 字节")
+    print(f"torch.from_numpy 与 numpy 共享内存：{torch.from_numpy(np.zeros(2)).dtype}（numpy 默认 float64）")
+
+
+# =============================================================================
+# 自检（28 天共用同一段代码）：每道练习在几组随机输入上与 PyTorch 内置实现逐一对比
+# =============================================================================
+# CHECKS 的每一项是 (练习函数名, 参考实现, 造输入的函数[, probe])：
+#   make_inputs(g) 用随机数生成器 g 造一组参数（元组）；reference(*参数) 用 PyTorch 内置函数算出标准答案；
+#   probe（可选）把"函数"包装成"要比较的东西"，例如同时返回输出与梯度。
+# 练习函数按名字在运行时查找：把某道题的函数体换成 `raise NotImplementedError` 再运行，就能检验自己的解答。
+SEEDS = (0,) if is_smoke() else (0, 1, 2)
+BASE_ALLOWED = frozenset({"len", "range", "int", "float"})  # 谜题里总可以用的 Python 内置函数
+
+
+def called_names(fn) -> set[str]:
+    """fn 源码里调用到的名字：torch.where(...) → "torch.where"，x.sum() → ".sum"，ex1_ones() → "ex1_ones"。"""
+    names = set()
+    for node in ast.walk(ast.parse(textwrap.dedent(getsource(fn)))):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        if isinstance(func, ast.Name):
+            names.add(func.id)
+        elif isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and func.value.id == "torch":
+            names.add(f"torch.{func.attr}")
+        elif isinstance(func, ast.Attribute):
+            names.add(f".{func.attr}")
+        else:
+            names.add("<表达式调用>")
+    return names
+
+
+def assert_same(actual, expected, path: str = "输出") -> None:
+    """递归比较：张量与数字用 torch.testing.assert_close（值、形状、dtype 都要一致），字符串/dtype 要相等。"""
+    if isinstance(expected, (str, torch.dtype, torch.device)):
+        if actual != expected:
+            raise AssertionError(f"{path}：得到 {actual!r}，期望 {expected!r}")
+    elif isinstance(expected, dict):
+        if not isinstance(actual, dict) or list(actual) != list(expected):
+            got = list(actual) if isinstance(actual, dict) else type(actual).__name__
+            raise AssertionError(f"{path} 的键（含顺序）：得到 {got}，期望 {list(expected)}")
+        for key in expected:
+            assert_same(actual[key], expected[key], f"{path}[{key!r}]")
+    elif isinstance(expected, (list, tuple)):
+        if not isinstance(actual, (list, tuple)) or len(actual) != len(expected):
+            got = f"长度 {len(actual)}" if isinstance(actual, (list, tuple)) else type(actual).__name__
+            raise AssertionError(f"{path}：得到 {got}，期望长度为 {len(expected)} 的序列")
+        for i, (a, e) in enumerate(zip(actual, expected)):
+            assert_same(a, e, f"{path}[{i}]")
+    else:
+        torch.testing.assert_close(actual, expected, msg=lambda m: f"{path}：{m}")
+
+
+def check_exercise(name: str, reference, make_inputs, probe=None, seeds=SEEDS) -> None:
+    """一道练习不通过就抛异常（AssertionError 的信息说明哪里不对）。"""
+    exercise = globals()[name]  # 运行时现查：学习者（或测试）替换了模块里的函数，这里立刻生效
+    if name in PUZZLE_ALLOWED:
+        extra = called_names(exercise) - PUZZLE_ALLOWED[name] - BASE_ALLOWED
+        if extra:
+            allowed = sorted(PUZZLE_ALLOWED[name]) or "（什么函数都不许调，只用广播、算术与索引）"
+            raise AssertionError(f"谜题只允许调用 {allowed}，却调用了 {sorted(extra)}")
+    wrap = probe or (lambda fn: fn)
+    for seed in seeds:
+        # 两份独立生成的相同输入：练习即使原地改了输入，也影响不到参考答案
+        expected = wrap(reference)(*make_inputs(torch.Generator().manual_seed(seed)))
+        actual = wrap(exercise)(*make_inputs(torch.Generator().manual_seed(seed)))
+        assert_same(actual, expected, f"{name}（seed={seed}）")
+
+
+def run_checks(verbose: bool = True, seeds=SEEDS) -> tuple[int, int]:
+    """逐题自检，每题打印一行 ✓/✗，最后打印 `N/M passed`；返回 (N, M)。"""
+    passed = 0
+    for name, reference, make_inputs, *probe in CHECKS:
+        try:
+            check_exercise(name, reference, make_inputs, *probe, seeds=seeds)
+        except Exception as err:  # 学习者的半成品可能抛出任何异常：记为 ✗，打印原因的前几行
+            if verbose:
+                reason = "\n      ".join(str(err).strip().splitlines()[:4]) or "（还没有实现？）"
+                print(f"  ✗ {name}: {type(err).__name__}: {reason}")
+        else:
+            passed += 1
+            if verbose:
+                print(f"  ✓ {name}")
+    if verbose:
+        print(f"{passed}/{len(CHECKS)} passed")
+    return passed, len(CHECKS)
+
+
+def main() -> None:
+    setup_seed()
+    print(f"== {Path(__file__).stem}：{__doc__.strip().splitlines()[0]} ==")
+    demo()
+    print("-- 自检 --")
+    with time_block("自检", verbose=False) as timer:
+        passed, total = run_checks()
+    print(f"自检用时 {timer.ms:.0f} ms")
+    if passed < total:
+        sys.exit(1)  # 非零退出码：让 shell / CI 知道还有练习没通过
+
+
+if __name__ == "__main__":
+    main()

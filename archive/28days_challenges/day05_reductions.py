@@ -1,0 +1,241 @@
+"""第 5 天 归约：sum / mean / var / max / norm，以及 dim 与 keepdim。
+
+归约沿指定维把张量"压扁"：x.sum(dim=1) 把 (B, T, C) 变成 (B, C)。要点：
+
+1. dim 可以是负数（-1 = 最后一维），也可以是元组一次归约多维：x.amax(dim=(0, 2))。
+2. keepdim=True 保留被归约的维（长度变成 1），结果能直接与原张量广播：
+       x / x.sum(-1, keepdim=True)      每行归一化，(B, T) / (B, 1)
+   忘了 keepdim 时 (B, T) / (B,) 会按右对齐广播成 (B, T) / (1, B)——形状刚好相等时不报错，悄悄算错。
+3. 方差有两种：总体方差除以 n（correction=0），样本（无偏）方差除以 n − 1（correction=1）。
+   torch.var / torch.std 默认 correction=1；BatchNorm / LayerNorm 归一化用的是除以 n 的版本。
+4. max(dim) 返回 (values, indices) 两个张量；amax 只返回值、可以多维；argmax 遇到并列取**第一个**。
+5. 整数求和会提升到 int64，不会溢出；mean 只接受浮点（整数张量要先 .float()）。
+6. 屏蔽一部分元素求平均：sum(x·mask) / sum(mask)，或把被屏蔽的设成 nan 再 torch.nanmean。
+
+练习：ex1–ex8；ex3、ex4 是谜题（ex3 只许 arange/where/@；ex4 允许 max/min/arange/where）。运行：
+
+    python archive/28days_challenges/day05_reductions.py
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+import textwrap
+from inspect import getsource
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from utils.io import is_smoke
+from utils.torch_playground import setup_seed, time_block
+
+
+# =============================================================================
+# 练习（函数体就是参考解答；想自己做，就把函数体换成 raise NotImplementedError 再运行本文件）
+# =============================================================================
+def ex1_mean(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """沿 dim 求平均，只用 sum 和形状（对照 x.mean(dim)）。"""
+    return x.sum(dim) / x.shape[dim]
+
+
+def ex2_var(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """沿 dim 的无偏方差 Σ(x − x̄)² / (n − 1)（对照 torch.var(x, dim)）。"""
+    mean = x.mean(dim, keepdim=True)  # keepdim：才能与 x 广播相减
+    return ((x - mean) ** 2).sum(dim) / (x.shape[dim] - 1)
+
+
+def ex3_cumsum(a: torch.Tensor) -> torch.Tensor:
+    """谜题：一维前缀和 out[i] = a[0] + … + a[i]（对照 torch.cumsum(a, 0)）。提示：下三角全 1 矩阵 @ a。"""
+    i = torch.arange(a.shape[0])
+    lower = torch.where(i[:, None] >= i, 1.0, 0.0)  # L[i, j] = 1 当 j ≤ i
+    return lower @ a
+
+
+def ex4_argmax(x: torch.Tensor) -> torch.Tensor:
+    """谜题：沿最后一维的 argmax，并列时取第一个（对照 torch.argmax(x, -1)）。
+    允许：.max/.min（只取 .values）、torch.arange、torch.where。"""
+    n = x.shape[-1]
+    is_max = x == x.max(-1, keepdim=True).values
+    # 不是最大值的位置填 n（比任何下标都大），再取最小下标 = 第一个最大值的位置
+    return torch.where(is_max, torch.arange(n), n).min(-1).values
+
+
+def ex5_vector_norm(x: torch.Tensor, p: float) -> torch.Tensor:
+    """最后一维的 p 范数 (Σ|x|^p)^(1/p)（对照 torch.linalg.vector_norm(x, ord=p, dim=-1)）。"""
+    return (x.abs() ** p).sum(-1) ** (1.0 / p)
+
+
+def ex6_masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """只对 mask 为 True 的元素沿最后一维求平均（每行至少一个 True），对照 nanmean。"""
+    m = mask.to(x.dtype)
+    return (x * m).sum(-1) / m.sum(-1)
+
+
+def ex7_normalize_rows(x: torch.Tensor) -> torch.Tensor:
+    """正数矩阵每行除以该行之和（对照 F.normalize(x, p=1, dim=-1)）。记得 keepdim。"""
+    return x / x.sum(-1, keepdim=True)
+
+
+def ex8_amax_multi(x: torch.Tensor) -> torch.Tensor:
+    """三维 x 沿第 0 维和第 2 维的最大值（对照 torch.amax(x, dim=(0, 2))），只用单维的 .max。"""
+    return x.max(2).values.max(0).values  # 先归约后面的维，前面维的编号不变
+
+
+# =============================================================================
+# 参考实现与输入
+# =============================================================================
+def _randint(g: torch.Generator, lo: int, hi: int) -> int:
+    return int(torch.randint(lo, hi, (), generator=g))
+
+
+def _x_and_dim(g: torch.Generator):
+    x = torch.randn(*[_randint(g, 2, 5) for _ in range(3)], generator=g, dtype=torch.float64)
+    return x, _randint(g, -3, 3)
+
+
+def _masked(g: torch.Generator):
+    x = torch.randn(4, 6, generator=g, dtype=torch.float64)
+    mask = torch.rand(4, 6, generator=g) < 0.5
+    mask[:, 0] = True  # 每行至少一个有效元素
+    return x, mask
+
+
+CHECKS = [
+    ("ex1_mean", lambda x, dim: x.mean(dim), _x_and_dim),
+    ("ex2_var", lambda x, dim: torch.var(x, dim), _x_and_dim),
+    ("ex3_cumsum", lambda a: torch.cumsum(a, 0), lambda g: (torch.randn(_randint(g, 1, 10), generator=g),)),
+    (
+        "ex4_argmax",
+        lambda x: torch.argmax(x, -1),
+        lambda g: (torch.randint(0, 3, (4, _randint(g, 1, 7)), generator=g),),  # 小整数：保证有并列
+    ),
+    (
+        "ex5_vector_norm",
+        lambda x, p: torch.linalg.vector_norm(x, ord=p, dim=-1),
+        lambda g: (torch.randn(3, 5, generator=g, dtype=torch.float64), [1.0, 2.0, 3.0, 0.5][_randint(g, 0, 4)]),
+    ),
+    ("ex6_masked_mean", lambda x, mask: torch.nanmean(torch.where(mask, x, float("nan")), dim=-1), _masked),
+    (
+        "ex7_normalize_rows",
+        lambda x: F.normalize(x, p=1.0, dim=-1),
+        lambda g: (torch.rand(3, 5, generator=g, dtype=torch.float64) + 0.1,),
+    ),
+    ("ex8_amax_multi", lambda x: torch.amax(x, dim=(0, 2)), lambda g: (torch.randn(3, 4, 5, generator=g),)),
+]
+
+PUZZLE_ALLOWED = {
+    "ex3_cumsum": {"torch.arange", "torch.where"},
+    "ex4_argmax": {".max", ".min", "torch.arange", "torch.where"},
+}
+
+
+def demo() -> None:
+    x = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 9.0]])
+    print(f"正确：x / x.sum(-1, keepdim=True) 每行和 = {(x / x.sum(-1, keepdim=True)).sum(-1).tolist()}")
+    print(f"忘了 keepdim（方阵不报错！）每行和 = {[round(v, 3) for v in (x / x.sum(-1)).sum(-1).tolist()]}")
+    v = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    print(f"var 默认无偏 {v.var().item():.4f}，correction=0 时 {v.var(correction=0).item():.4f}")
+    print(f"int8 求和自动提升：{torch.full((100,), 100, dtype=torch.int8).sum().dtype}")
+
+
+# =============================================================================
+# 自检（28 天共用同一段代码）：每道练习在几组随机输入上与 PyTorch 内置实现逐一对比
+# =============================================================================
+# CHECKS 的每一项是 (练习函数名, 参考实现, 造输入的函数[, probe])：
+#   make_inputs(g) 用随机数生成器 g 造一组参数（元组）；reference(*参数) 用 PyTorch 内置函数算出标准答案；
+#   probe（可选）把"函数"包装成"要比较的东西"，例如同时返回输出与梯度。
+# 练习函数按名字在运行时查找：把某道题的函数体换成 `raise NotImplementedError` 再运行，就能检验自己的解答。
+SEEDS = (0,) if is_smoke() else (0, 1, 2)
+BASE_ALLOWED = frozenset({"len", "range", "int", "float"})  # 谜题里总可以用的 Python 内置函数
+
+
+def called_names(fn) -> set[str]:
+    """fn 源码里调用到的名字：torch.where(...) → "torch.where"，x.sum() → ".sum"，ex1_ones() → "ex1_ones"。"""
+    names = set()
+    for node in ast.walk(ast.parse(textwrap.dedent(getsource(fn)))):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        if isinstance(func, ast.Name):
+            names.add(func.id)
+        elif isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and func.value.id == "torch":
+            names.add(f"torch.{func.attr}")
+        elif isinstance(func, ast.Attribute):
+            names.add(f".{func.attr}")
+        else:
+            names.add("<表达式调用>")
+    return names
+
+
+def assert_same(actual, expected, path: str = "输出") -> None:
+    """递归比较：张量与数字用 torch.testing.assert_close（值、形状、dtype 都要一致），字符串/dtype 要相等。"""
+    if isinstance(expected, (str, torch.dtype, torch.device)):
+        if actual != expected:
+            raise AssertionError(f"{path}：得到 {actual!r}，期望 {expected!r}")
+    elif isinstance(expected, dict):
+        if not isinstance(actual, dict) or list(actual) != list(expected):
+            got = list(actual) if isinstance(actual, dict) else type(actual).__name__
+            raise AssertionError(f"{path} 的键（含顺序）：得到 {got}，期望 {list(expected)}")
+        for key in expected:
+            assert_same(actual[key], expected[key], f"{path}[{key!r}]")
+    elif isinstance(expected, (list, tuple)):
+        if not isinstance(actual, (list, tuple)) or len(actual) != len(expected):
+            got = f"长度 {len(actual)}" if isinstance(actual, (list, tuple)) else type(actual).__name__
+            raise AssertionError(f"{path}：得到 {got}，期望长度为 {len(expected)} 的序列")
+        for i, (a, e) in enumerate(zip(actual, expected)):
+            assert_same(a, e, f"{path}[{i}]")
+    else:
+        torch.testing.assert_close(actual, expected, msg=lambda m: f"{path}：{m}")
+
+
+def check_exercise(name: str, reference, make_inputs, probe=None, seeds=SEEDS) -> None:
+    """一道练习不通过就抛异常（AssertionError 的信息说明哪里不对）。"""
+    exercise = globals()[name]  # 运行时现查：学习者（或测试）替换了模块里的函数，这里立刻生效
+    if name in PUZZLE_ALLOWED:
+        extra = called_names(exercise) - PUZZLE_ALLOWED[name] - BASE_ALLOWED
+        if extra:
+            allowed = sorted(PUZZLE_ALLOWED[name]) or "（什么函数都不许调，只用广播、算术与索引）"
+            raise AssertionError(f"谜题只允许调用 {allowed}，却调用了 {sorted(extra)}")
+    wrap = probe or (lambda fn: fn)
+    for seed in seeds:
+        # 两份独立生成的相同输入：练习即使原地改了输入，也影响不到参考答案
+        expected = wrap(reference)(*make_inputs(torch.Generator().manual_seed(seed)))
+        actual = wrap(exercise)(*make_inputs(torch.Generator().manual_seed(seed)))
+        assert_same(actual, expected, f"{name}（seed={seed}）")
+
+
+def run_checks(verbose: bool = True, seeds=SEEDS) -> tuple[int, int]:
+    """逐题自检，每题打印一行 ✓/✗，最后打印 `N/M passed`；返回 (N, M)。"""
+    passed = 0
+    for name, reference, make_inputs, *probe in CHECKS:
+        try:
+            check_exercise(name, reference, make_inputs, *probe, seeds=seeds)
+        except Exception as err:  # 学习者的半成品可能抛出任何异常：记为 ✗，打印原因的前几行
+            if verbose:
+                reason = "\n      ".join(str(err).strip().splitlines()[:4]) or "（还没有实现？）"
+                print(f"  ✗ {name}: {type(err).__name__}: {reason}")
+        else:
+            passed += 1
+            if verbose:
+                print(f"  ✓ {name}")
+    if verbose:
+        print(f"{passed}/{len(CHECKS)} passed")
+    return passed, len(CHECKS)
+
+
+def main() -> None:
+    setup_seed()
+    print(f"== {Path(__file__).stem}：{__doc__.strip().splitlines()[0]} ==")
+    demo()
+    print("-- 自检 --")
+    with time_block("自检", verbose=False) as timer:
+        passed, total = run_checks()
+    print(f"自检用时 {timer.ms:.0f} ms")
+    if passed < total:
+        sys.exit(1)  # 非零退出码：让 shell / CI 知道还有练习没通过
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,317 @@
+"""第 12 天 钩子（hooks）：不改模型代码，就能看到、改掉中间的激活和梯度。
+
+1. 张量钩子 t.register_hook(fn)：反向传播算出 ∂L/∂t 时调用 fn(grad)；fn 返回新张量就**替换**这个梯度
+   （返回 None 则不改）。用途：看中间激活的梯度、逐张量裁剪梯度。只看梯度也可以用 t.retain_grad()
+   （非叶子张量默认不保留 .grad）。
+2. 模块钩子（nn.Module）：
+   - register_forward_pre_hook(fn(module, args))：forward 之前调用，返回新的 args 元组就替换输入；
+   - register_forward_hook(fn(module, args, output))：forward 之后调用，返回值不是 None 就替换输出——
+     抓激活（特征提取、可视化、激活统计）最常用；
+   - register_full_backward_hook(fn(module, grad_input, grad_output))：该模块的梯度算完后调用，
+     grad_output 是 ∂L/∂输出，grad_input 是 ∂L/∂输入（元组）。
+3. 每个 register_* 都返回一个 handle，handle.remove() 卸掉钩子。忘了 remove 是经典 bug：
+   钩子一直挂着、每次 forward 都往列表里追加，内存慢慢涨。
+4. 钩子只是观察/修改数据流的"探针"，不该有依赖调用顺序之外的副作用；
+   DDP、FSDP、激活检查点、量化校准都建在这几个钩子之上。
+
+练习：ex1–ex7，每题都要用指定的钩子来实现；参考答案用不带钩子的显式计算。
+自检还会数一数调用之后模块上剩下几个钩子：必须是 0。运行：
+
+    python archive/28days_challenges/day12_hooks.py
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+import textwrap
+from inspect import getsource
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from utils.io import is_smoke
+from utils.torch_playground import setup_seed, time_block
+
+
+# =============================================================================
+# 练习（函数体就是参考解答；想自己做，就把函数体换成 raise NotImplementedError 再运行本文件）
+# =============================================================================
+def ex1_capture_activations(model: nn.Sequential, x: torch.Tensor) -> list[torch.Tensor]:
+    """用 forward hook 抓下 model 里每个 nn.Linear 的输出（按执行顺序），返回列表；用完把钩子卸掉。"""
+    outputs = []
+    handles = [
+        m.register_forward_hook(lambda module, args, out: outputs.append(out.detach()))
+        for m in model.modules()
+        if isinstance(m, nn.Linear)
+    ]
+    try:
+        model(x)
+    finally:  # 即使 forward 抛异常也要卸钩子，否则它们会一直挂在模型上
+        for h in handles:
+            h.remove()
+    return outputs
+
+
+def ex2_hidden_grad(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """h = x Wᵀ，L = Σ tanh(h)。用 h.register_hook 抓到 ∂L/∂h 并返回（W 需要梯度，h 不是叶子）。"""
+    w = weight.detach().requires_grad_()
+    h = x @ w.t()
+    captured = []
+    h.register_hook(captured.append)  # append 返回 None：只看不改
+    torch.tanh(h).sum().backward()
+    return captured[0]
+
+
+def ex3_clip_grad_hook(x: torch.Tensor, c: float) -> torch.Tensor:
+    """给叶子 x 挂张量钩子，把流到它的梯度截断到 [−c, c]；对 L = Σ x³ 做 backward，返回 x.grad。"""
+    leaf = x.detach().requires_grad_()
+    leaf.register_hook(lambda grad: grad.clamp(-c, c))  # 返回新张量 = 替换梯度
+    (leaf**3).sum().backward()
+    return leaf.grad
+
+
+def ex4_scale_input_pre_hook(layer: nn.Linear, x: torch.Tensor, s: float) -> torch.Tensor:
+    """用 forward pre-hook 把 layer 的输入乘以 s，返回 layer(x)；返回前卸掉钩子。"""
+    handle = layer.register_forward_pre_hook(lambda module, args: (args[0] * s,))
+    try:
+        return layer(x)
+    finally:
+        handle.remove()
+
+
+def ex5_relu_output_hook(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """用 forward hook 把 layer 的输出换成 relu(输出)，返回 layer(x)；返回前卸掉钩子。"""
+    handle = layer.register_forward_hook(lambda module, args, out: F.relu(out))
+    try:
+        return layer(x)
+    finally:
+        handle.remove()
+
+
+def ex6_module_grads(layer: nn.Linear, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """用 register_full_backward_hook，对 L = Σ layer(x)² 反向，返回 (grad_output[0], grad_input[0])。
+    x 要 requires_grad，grad_input 里才有 ∂L/∂x。"""
+    leaf = x.detach().requires_grad_()
+    seen = {}
+
+    def hook(module, grad_input, grad_output):
+        seen["out"], seen["in"] = grad_output[0], grad_input[0]
+
+    handle = layer.register_full_backward_hook(hook)
+    try:
+        (layer(leaf) ** 2).sum().backward()
+    finally:
+        handle.remove()
+    return seen["out"], seen["in"]
+
+
+def ex7_removed_hook(layer: nn.Linear, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """挂一个"输出 + 1"的 forward hook，返回 (挂着钩子时的 layer(x), handle.remove() 之后的 layer(x))。"""
+    handle = layer.register_forward_hook(lambda module, args, out: out + 1)
+    with_hook = layer(x)
+    handle.remove()
+    return with_hook, layer(x)
+
+
+# =============================================================================
+# 参考实现（不用钩子）与输入
+# =============================================================================
+def _randint(g: torch.Generator, lo: int, hi: int) -> int:
+    return int(torch.randint(lo, hi, (), generator=g))
+
+
+def _randn(g: torch.Generator, *shape: int) -> torch.Tensor:
+    return torch.randn(*shape, generator=g, dtype=torch.float64)
+
+
+def _linear(g: torch.Generator, d_in: int, d_out: int) -> nn.Linear:
+    layer = nn.Linear(d_in, d_out, dtype=torch.float64)
+    with torch.no_grad():  # 用 g 重新填参数：同一个种子 → 同一个模型
+        layer.weight.copy_(_randn(g, d_out, d_in))
+        layer.bias.copy_(_randn(g, d_out))
+    return layer
+
+
+def _mlp_inputs(g: torch.Generator):
+    model = nn.Sequential(_linear(g, 4, 8), nn.GELU(), nn.Sequential(_linear(g, 8, 8), nn.Tanh()), _linear(g, 8, 3))
+    return model, _randn(g, 2, 4)
+
+
+def _ref_activations(model: nn.Sequential, x: torch.Tensor) -> list[torch.Tensor]:
+    outputs = []
+    layers = [m for m in model.modules() if not isinstance(m, nn.Sequential)]  # 按执行顺序的叶子模块
+    for layer in layers:
+        x = layer(x)
+        if isinstance(layer, nn.Linear):
+            outputs.append(x.detach())
+    return outputs
+
+
+def _ref_hidden_grad(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    h = (x @ weight.t()).requires_grad_()
+    return torch.autograd.grad(torch.tanh(h).sum(), h)[0]
+
+
+def _ref_module_grads(layer: nn.Linear, x: torch.Tensor):
+    leaf = x.detach().requires_grad_()
+    y = layer(leaf)
+    return torch.autograd.grad((y**2).sum(), y)[0], torch.autograd.grad((layer(leaf) ** 2).sum(), leaf)[0]
+
+
+def _and_hooks_left(fn):
+    """probe：除了输出，还比较"调用之后模块上还挂着几个钩子"（参考答案是 0）——检查你有没有 remove。"""
+
+    def probe(module: nn.Module, *args):
+        out = fn(module, *args)
+        left = sum(
+            len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in module.modules()
+        )
+        return out, left
+
+    return probe
+
+
+def _layer_and_x(g: torch.Generator):
+    d_in, d_out = _randint(g, 1, 6), _randint(g, 1, 6)
+    return _linear(g, d_in, d_out), _randn(g, _randint(g, 1, 6), d_in)
+
+
+CHECKS = [
+    ("ex1_capture_activations", _ref_activations, _mlp_inputs, _and_hooks_left),
+    ("ex2_hidden_grad", _ref_hidden_grad, lambda g: (_randn(g, 3, 4), _randn(g, 5, 4))),
+    (
+        "ex3_clip_grad_hook",
+        lambda x, c: (3 * x**2).clamp(-c, c),
+        lambda g: (_randn(g, 6), float(torch.rand((), generator=g)) * 3),
+    ),
+    (
+        "ex4_scale_input_pre_hook",
+        lambda layer, x, s: layer(x * s),
+        lambda g: (*_layer_and_x(g), float(torch.randn((), generator=g))),
+        _and_hooks_left,
+    ),
+    ("ex5_relu_output_hook", lambda layer, x: F.relu(layer(x)), _layer_and_x, _and_hooks_left),
+    ("ex6_module_grads", _ref_module_grads, _layer_and_x, _and_hooks_left),
+    ("ex7_removed_hook", lambda layer, x: (layer(x) + 1, layer(x)), _layer_and_x, _and_hooks_left),
+]
+
+PUZZLE_ALLOWED: dict[str, set[str]] = {}
+
+
+def demo() -> None:
+    model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 2))
+    stats = {}
+    handles = [
+        m.register_forward_hook(lambda mod, args, out, name=name: stats.__setitem__(name, out.detach()))
+        for name, m in model.named_modules() if isinstance(m, nn.ReLU)
+    ]
+    model(torch.randn(64, 4))
+    for h in handles:
+        h.remove()
+    for name, out in stats.items():
+        print(f"ReLU 层 {name}：输出为 0 的比例 {(out == 0).float().mean().item():.0%}（死神经元统计，钩子的典型用途）")
+    print(f"卸掉之后剩余的 forward hook 数：{sum(len(m._forward_hooks) for m in model.modules())}")
+
+
+# =============================================================================
+# 自检（28 天共用同一段代码）：每道练习在几组随机输入上与 PyTorch 内置实现逐一对比
+# =============================================================================
+# CHECKS 的每一项是 (练习函数名, 参考实现, 造输入的函数[, probe])：
+#   make_inputs(g) 用随机数生成器 g 造一组参数（元组）；reference(*参数) 用 PyTorch 内置函数算出标准答案；
+#   probe（可选）把"函数"包装成"要比较的东西"，例如同时返回输出与梯度。
+# 练习函数按名字在运行时查找：把某道题的函数体换成 `raise NotImplementedError` 再运行，就能检验自己的解答。
+SEEDS = (0,) if is_smoke() else (0, 1, 2)
+BASE_ALLOWED = frozenset({"len", "range", "int", "float"})  # 谜题里总可以用的 Python 内置函数
+
+
+def called_names(fn) -> set[str]:
+    """fn 源码里调用到的名字：torch.where(...) → "torch.where"，x.sum() → ".sum"，ex1_ones() → "ex1_ones"。"""
+    names = set()
+    for node in ast.walk(ast.parse(textwrap.dedent(getsource(fn)))):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        if isinstance(func, ast.Name):
+            names.add(func.id)
+        elif isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and func.value.id == "torch":
+            names.add(f"torch.{func.attr}")
+        elif isinstance(func, ast.Attribute):
+            names.add(f".{func.attr}")
+        else:
+            names.add("<表达式调用>")
+    return names
+
+
+def assert_same(actual, expected, path: str = "输出") -> None:
+    """递归比较：张量与数字用 torch.testing.assert_close（值、形状、dtype 都要一致），字符串/dtype 要相等。"""
+    if isinstance(expected, (str, torch.dtype, torch.device)):
+        if actual != expected:
+            raise AssertionError(f"{path}：得到 {actual!r}，期望 {expected!r}")
+    elif isinstance(expected, dict):
+        if not isinstance(actual, dict) or list(actual) != list(expected):
+            got = list(actual) if isinstance(actual, dict) else type(actual).__name__
+            raise AssertionError(f"{path} 的键（含顺序）：得到 {got}，期望 {list(expected)}")
+        for key in expected:
+            assert_same(actual[key], expected[key], f"{path}[{key!r}]")
+    elif isinstance(expected, (list, tuple)):
+        if not isinstance(actual, (list, tuple)) or len(actual) != len(expected):
+            got = f"长度 {len(actual)}" if isinstance(actual, (list, tuple)) else type(actual).__name__
+            raise AssertionError(f"{path}：得到 {got}，期望长度为 {len(expected)} 的序列")
+        for i, (a, e) in enumerate(zip(actual, expected)):
+            assert_same(a, e, f"{path}[{i}]")
+    else:
+        torch.testing.assert_close(actual, expected, msg=lambda m: f"{path}：{m}")
+
+
+def check_exercise(name: str, reference, make_inputs, probe=None, seeds=SEEDS) -> None:
+    """一道练习不通过就抛异常（AssertionError 的信息说明哪里不对）。"""
+    exercise = globals()[name]  # 运行时现查：学习者（或测试）替换了模块里的函数，这里立刻生效
+    if name in PUZZLE_ALLOWED:
+        extra = called_names(exercise) - PUZZLE_ALLOWED[name] - BASE_ALLOWED
+        if extra:
+            allowed = sorted(PUZZLE_ALLOWED[name]) or "（什么函数都不许调，只用广播、算术与索引）"
+            raise AssertionError(f"谜题只允许调用 {allowed}，却调用了 {sorted(extra)}")
+    wrap = probe or (lambda fn: fn)
+    for seed in seeds:
+        # 两份独立生成的相同输入：练习即使原地改了输入，也影响不到参考答案
+        expected = wrap(reference)(*make_inputs(torch.Generator().manual_seed(seed)))
+        actual = wrap(exercise)(*make_inputs(torch.Generator().manual_seed(seed)))
+        assert_same(actual, expected, f"{name}（seed={seed}）")
+
+
+def run_checks(verbose: bool = True, seeds=SEEDS) -> tuple[int, int]:
+    """逐题自检，每题打印一行 ✓/✗，最后打印 `N/M passed`；返回 (N, M)。"""
+    passed = 0
+    for name, reference, make_inputs, *probe in CHECKS:
+        try:
+            check_exercise(name, reference, make_inputs, *probe, seeds=seeds)
+        except Exception as err:  # 学习者的半成品可能抛出任何异常：记为 ✗，打印原因的前几行
+            if verbose:
+                reason = "\n      ".join(str(err).strip().splitlines()[:4]) or "（还没有实现？）"
+                print(f"  ✗ {name}: {type(err).__name__}: {reason}")
+        else:
+            passed += 1
+            if verbose:
+                print(f"  ✓ {name}")
+    if verbose:
+        print(f"{passed}/{len(CHECKS)} passed")
+    return passed, len(CHECKS)
+
+
+def main() -> None:
+    setup_seed()
+    print(f"== {Path(__file__).stem}：{__doc__.strip().splitlines()[0]} ==")
+    demo()
+    print("-- 自检 --")
+    with time_block("自检", verbose=False) as timer:
+        passed, total = run_checks()
+    print(f"自检用时 {timer.ms:.0f} ms")
+    if passed < total:
+        sys.exit(1)  # 非零退出码：让 shell / CI 知道还有练习没通过
+
+
+if __name__ == "__main__":
+    main()
