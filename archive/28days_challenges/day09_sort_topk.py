@@ -17,16 +17,9 @@
 
 from __future__ import annotations
 
-import ast
-import sys
-import textwrap
-from inspect import getsource
-from pathlib import Path
-
 import torch
 
-from utils.io import is_smoke
-from utils.torch_playground import setup_seed, time_block
+from utils import exercises
 
 
 # =============================================================================
@@ -148,100 +141,15 @@ def demo() -> None:
 
 
 # =============================================================================
-# 自检（28 天共用同一段代码）：每道练习在几组随机输入上与 PyTorch 内置实现逐一对比
+# 自检：框架在 utils/exercises.py（28 天共用）——每道练习在几组随机输入上与 PyTorch 内置实现逐一对比
 # =============================================================================
-# CHECKS 的每一项是 (练习函数名, 参考实现, 造输入的函数[, probe])：
-#   make_inputs(g) 用随机数生成器 g 造一组参数（元组）；reference(*参数) 用 PyTorch 内置函数算出标准答案；
-#   probe（可选）把"函数"包装成"要比较的东西"，例如同时返回输出与梯度。
-# 练习函数按名字在运行时查找：把某道题的函数体换成 `raise NotImplementedError` 再运行，就能检验自己的解答。
-SEEDS = (0,) if is_smoke() else (0, 1, 2)
-BASE_ALLOWED = frozenset({"len", "range", "int", "float"})  # 谜题里总可以用的 Python 内置函数
-
-
-def called_names(fn) -> set[str]:
-    """fn 源码里调用到的名字：torch.where(...) → "torch.where"，x.sum() → ".sum"，ex1_ones() → "ex1_ones"。"""
-    names = set()
-    for node in ast.walk(ast.parse(textwrap.dedent(getsource(fn)))):
-        if not isinstance(node, ast.Call):
-            continue
-        func = node.func
-        if isinstance(func, ast.Name):
-            names.add(func.id)
-        elif isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and func.value.id == "torch":
-            names.add(f"torch.{func.attr}")
-        elif isinstance(func, ast.Attribute):
-            names.add(f".{func.attr}")
-        else:
-            names.add("<表达式调用>")
-    return names
-
-
-def assert_same(actual, expected, path: str = "输出") -> None:
-    """递归比较：张量与数字用 torch.testing.assert_close（值、形状、dtype 都要一致），字符串/dtype 要相等。"""
-    if isinstance(expected, (str, torch.dtype, torch.device)):
-        if actual != expected:
-            raise AssertionError(f"{path}：得到 {actual!r}，期望 {expected!r}")
-    elif isinstance(expected, dict):
-        if not isinstance(actual, dict) or list(actual) != list(expected):
-            got = list(actual) if isinstance(actual, dict) else type(actual).__name__
-            raise AssertionError(f"{path} 的键（含顺序）：得到 {got}，期望 {list(expected)}")
-        for key in expected:
-            assert_same(actual[key], expected[key], f"{path}[{key!r}]")
-    elif isinstance(expected, (list, tuple)):
-        if not isinstance(actual, (list, tuple)) or len(actual) != len(expected):
-            got = f"长度 {len(actual)}" if isinstance(actual, (list, tuple)) else type(actual).__name__
-            raise AssertionError(f"{path}：得到 {got}，期望长度为 {len(expected)} 的序列")
-        for i, (a, e) in enumerate(zip(actual, expected)):
-            assert_same(a, e, f"{path}[{i}]")
-    else:
-        torch.testing.assert_close(actual, expected, msg=lambda m: f"{path}：{m}")
-
-
-def check_exercise(name: str, reference, make_inputs, probe=None, seeds=SEEDS) -> None:
-    """一道练习不通过就抛异常（AssertionError 的信息说明哪里不对）。"""
-    exercise = globals()[name]  # 运行时现查：学习者（或测试）替换了模块里的函数，这里立刻生效
-    if name in PUZZLE_ALLOWED:
-        extra = called_names(exercise) - PUZZLE_ALLOWED[name] - BASE_ALLOWED
-        if extra:
-            allowed = sorted(PUZZLE_ALLOWED[name]) or "（什么函数都不许调，只用广播、算术与索引）"
-            raise AssertionError(f"谜题只允许调用 {allowed}，却调用了 {sorted(extra)}")
-    wrap = probe or (lambda fn: fn)
-    for seed in seeds:
-        # 两份独立生成的相同输入：练习即使原地改了输入，也影响不到参考答案
-        expected = wrap(reference)(*make_inputs(torch.Generator().manual_seed(seed)))
-        actual = wrap(exercise)(*make_inputs(torch.Generator().manual_seed(seed)))
-        assert_same(actual, expected, f"{name}（seed={seed}）")
-
-
-def run_checks(verbose: bool = True, seeds=SEEDS) -> tuple[int, int]:
-    """逐题自检，每题打印一行 ✓/✗，最后打印 `N/M passed`；返回 (N, M)。"""
-    passed = 0
-    for name, reference, make_inputs, *probe in CHECKS:
-        try:
-            check_exercise(name, reference, make_inputs, *probe, seeds=seeds)
-        except Exception as err:  # 学习者的半成品可能抛出任何异常：记为 ✗，打印原因的前几行
-            if verbose:
-                reason = "\n      ".join(str(err).strip().splitlines()[:4]) or "（还没有实现？）"
-                print(f"  ✗ {name}: {type(err).__name__}: {reason}")
-        else:
-            passed += 1
-            if verbose:
-                print(f"  ✓ {name}")
-    if verbose:
-        print(f"{passed}/{len(CHECKS)} passed")
-    return passed, len(CHECKS)
+def run_checks(verbose: bool = True, seeds=None) -> tuple[int, int]:
+    """逐题自检：每题打印一行 ✓/✗，最后打印 `N/M passed`；返回 (N, M)。"""
+    return exercises.run_checks(globals(), verbose=verbose, seeds=seeds)
 
 
 def main() -> None:
-    setup_seed()
-    print(f"== {Path(__file__).stem}：{__doc__.strip().splitlines()[0]} ==")
-    demo()
-    print("-- 自检 --")
-    with time_block("自检", verbose=False) as timer:
-        passed, total = run_checks()
-    print(f"自检用时 {timer.ms:.0f} ms")
-    if passed < total:
-        sys.exit(1)  # 非零退出码：让 shell / CI 知道还有练习没通过
+    exercises.run_day(globals())
 
 
 if __name__ == "__main__":
