@@ -86,7 +86,10 @@ def setup_seed(seed: int = DEFAULT_SEED, deterministic: bool = False) -> int:
     if deterministic:
         # 必须在第一次 cuBLAS 调用之前设置；":4096:8" 是 NVIDIA 文档给出的取值之一
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(deterministic)
+    # 只在开关真的要变时才调用：torch.use_deterministic_algorithms 第一次调用会导入 dynamo / inductor，
+    # 每个进程要多花 1 秒以上，而绝大多数脚本从来不开确定性模式
+    if torch.are_deterministic_algorithms_enabled() != deterministic:
+        torch.use_deterministic_algorithms(deterministic)
     return seed
 
 
