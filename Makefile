@@ -24,10 +24,8 @@ $(STAMP): requirements.txt pyproject.toml
 	@touch $@
 
 run: install
-	PYTHONPATH=. $(PY) "archive/Let's_build_GPT/let's_build_gpt.py" --n_layer 4 --n_head 4 --n_embd 128 \
-		--block_size 64 --batch_size 12 --max_iters 1500 --lr 1e-3 --min_lr 1e-4 --warmup_iters 100 \
-		--beta2 0.99 --weight_decay 0.1 --grad_clip 1.0 --eval_interval 250 --eval_iters 20
-	@echo "损失曲线：checkpoints/lets_build_gpt/loss.png"
+	PYTHONPATH=. $(PY) -m training_sys.speedrun $(RUN_ARGS)
+	@echo "报告与模型目录见上面最后两行（默认 checkpoints/shakespeare_cpu/report.md）；make run RUN_ARGS='--preset gpu' 换预设"
 
 test: install
 	PYTHONPATH=. $(PY) -m pytest -n $(JOBS)
