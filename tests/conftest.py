@@ -46,6 +46,14 @@ def load_script(path: str | os.PathLike, name: str | None = None):
     return module
 
 
+@pytest.fixture(autouse=True)
+def _fixed_seed():
+    """每个测试开始前固定全部随机种子：结果不依赖 pytest-xdist 把测试分给哪个 worker、以什么顺序运行。"""
+    from utils.torch_playground import setup_seed
+
+    setup_seed()
+
+
 @pytest.fixture
 def script_loader():
     return load_script
