@@ -22,6 +22,43 @@ DAY_FILES = sorted(DAYS_DIR.glob("day*.py"))
 DAY_NAME = re.compile(r"day(\d\d)_[a-z0-9_]+\.py")
 
 
+# 课程大纲：README 的路线图逐天列出这些文件；缺一天、改名或多出一天都应该让测试失败
+COURSE = [
+    "day01_tensor_basics",
+    "day02_indexing_slicing",
+    "day03_views_strides",
+    "day04_broadcasting",
+    "day05_reductions",
+    "day06_gather_scatter",
+    "day07_masks_where",
+    "day08_einsum",
+    "day09_sort_topk",
+    "day10_cat_stack_split",
+    "day11_autograd_basics",
+    "day12_hooks",
+    "day13_custom_autograd_function",
+    "day14_module_internals",
+    "day15_dataset_dataloader",
+    "day16_initialization",
+    "day17_optimizers",
+    "day18_loss_functions",
+    "day19_memory_and_devices",
+    "day20_profiling",
+    "day21_torch_compile",
+    "day22_mixed_precision",
+    "day23_numerical_stability",
+    "day24_debugging",
+    "day25_attention_from_primitives",
+    "day26_training_loop",
+    "day27_puzzles",
+    "day28_mini_transformer_block",
+]
+
+
+def test_course_has_exactly_the_28_days_of_the_syllabus():
+    assert [p.stem for p in DAY_FILES] == COURSE
+
+
 @pytest.fixture(params=DAY_FILES, ids=[p.stem for p in DAY_FILES])
 def day(request):
     return load_script(request.param)

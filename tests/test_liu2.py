@@ -25,8 +25,22 @@ def lecture(n: int):
 
 
 def test_thirteen_lectures_in_course_order():
-    names = sorted(p.name for p in LECTURE_DIR.glob("lecture*.py"))
-    assert [int(n[7:9]) for n in names] == list(range(1, 14))
+    names = sorted(p.stem for p in LECTURE_DIR.glob("lecture*.py"))
+    assert names == [
+        "lecture01_overview",
+        "lecture02_linear_model",
+        "lecture03_gradient_descent",
+        "lecture04_back_propagation",
+        "lecture05_linear_regression_torch",
+        "lecture06_logistic_regression",
+        "lecture07_multiple_dimension_input",
+        "lecture08_dataset_dataloader",
+        "lecture09_softmax_classifier",
+        "lecture10_basic_cnn",
+        "lecture11_advanced_cnn",
+        "lecture12_basic_rnn",
+        "lecture13_advanced_rnn",
+    ]
     assert len(lecture(1).LECTURES) == 13
 
 

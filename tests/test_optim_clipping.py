@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from training_sys.optimization import clip_grad_norm
+from training_sys.optimization.clipping import clip_grad_norm
 
 SHAPES = [(33, 17), (17,), (4, 5, 6), ()]
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training_sys.optimization import cross_entropy
+from training_sys.optimization.cross_entropy_loss import cross_entropy
 
 
 def pair(shape, scale=3.0, seed=0, dtype=torch.float32):

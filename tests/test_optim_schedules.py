@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import optimization as hf
 
-from training_sys.optimization import build_schedule, cosine_schedule, inv_sqrt_schedule, wsd_schedule
+from training_sys.optimization.schedules import build_schedule, cosine_schedule, inv_sqrt_schedule, wsd_schedule
 
 
 def hf_multipliers(make, steps: int) -> list[float]:
