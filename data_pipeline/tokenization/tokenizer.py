@@ -27,6 +27,7 @@ AddedVocabulary（leftmost-longest）相同；tiktoken 此时按其内部 HashMa
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sys
@@ -113,6 +114,8 @@ class Tokenizer:
         if missing:
             raise ValueError(f"vocab 缺少单字节 token（例如字节 {missing[0]}）：字节级 BPE 要求 256 个单字节都在词表里")
         self._byte_ids = [self._ids_of[bytes([b])] for b in range(256)]
+        # train_bpe 的布局里字节 b 的 id 就是 b：这时 list(bytes) 直接就是初始 ids，省掉逐字节查表
+        self._byte_id_is_byte = self._byte_ids == list(range(256))
         # (id_a, id_b) → rank（第几条 merge），rank → 合并出的 id
         self._pair_rank: dict[tuple[int, int], int] = {}
         self._merge_ids: list[int] = []
@@ -139,7 +142,7 @@ class Tokenizer:
         合并一处只需重算它左右两个 pair 的 rank。合并出的新 token 参与的 pair 一定是更晚学到的
         （rank 更大），所以"每次合并最左的一处"与"一次合并所有出现"结果相同。
         """
-        parts = [self._byte_ids[c] for c in piece]
+        parts = list(piece) if self._byte_id_is_byte else [self._byte_ids[c] for c in piece]
         get = self._pair_rank.get
         never = len(self.merges)
         ranks = [get(p, never) for p in zip(parts, parts[1:])]
@@ -149,29 +152,44 @@ class Tokenizer:
             if r == never:
                 break
             i = ranks.index(r)
-            parts[i] = new_ids[r]
+            parts[i] = new = new_ids[r]
             del parts[i + 1], ranks[i]
             if i > 0:
-                ranks[i - 1] = get((parts[i - 1], parts[i]), never)
+                ranks[i - 1] = get((parts[i - 1], new), never)
             if i < len(ranks):
-                ranks[i] = get((parts[i], parts[i + 1]), never)
+                ranks[i] = get((new, parts[i + 1]), never)
         return parts
 
     def _encode_pieces(self, pieces: list[str], out: list[int]) -> None:
-        """热循环：查缓存 + 拼接。map / chain 在 C 里迭代，比逐个 Python 语句快约 2 倍。"""
+        """热循环：查缓存 + 拼接。map / chain 在 C 里迭代，比逐个 Python 语句快约 2 倍。
+
+        冷缓存（第一遍）时几乎每个位置都没命中。如果逐个位置用 Python 循环补上，130 万个预 token
+        的循环本身就比 3.4 万次 BPE 还贵；所以先用 dict.fromkeys（C 实现）去重，只对"没见过的不同
+        预 token"跑 BPE，再用 map(fresh.get, pieces, lists) 在 C 里把空位填上：
+        fresh.get(piece, 旧值) 对新预 token 返回新结果，对其余位置原样返回缓存里的结果。
+        去重用 dict.fromkeys 而不是 set：它保持首次出现的顺序，缓存里的 list 按文本顺序分配，
+        之后热循环访问内存更连续（用 set 时热缓存编码慢约 5%）。
+        """
         cache = self._cache
-        lists = list(map(cache.get, pieces))
+        # 缓存为空（新建后的第一次调用）时每个位置都不会命中：这遍查表直接省掉
+        lists = list(map(cache.get, pieces)) if cache else [None] * len(pieces)
         if None in lists:  # 只有没见过的预 token 才走慢路径
-            for k, ids in enumerate(lists):
-                if ids is None:
-                    piece = pieces[k]
-                    ids = cache.get(piece)
-                    if ids is None:
-                        ids = self._encode_piece(piece.encode("utf-8"))
-                        if len(cache) >= CACHE_MAX_ENTRIES:
-                            cache.clear()
-                        cache[piece] = ids
-                    lists[k] = ids
+            encode_piece = self._encode_piece
+            # 这里一口气新建几万个长期存活的小 list（每个预 token 的 ids），会反复触发分代 GC 去遍历整个堆，
+            # 而它们没有一个是垃圾；暂停 GC 省下约 5% 的冷启动时间（只有这段代码，结束后按原状态恢复）。
+            gc_was_enabled = gc.isenabled()
+            gc.disable()
+            try:
+                new_pieces = [piece for piece in dict.fromkeys(pieces) if piece not in cache]
+                fresh = {piece: encode_piece(piece.encode("utf-8")) for piece in new_pieces}
+            finally:
+                if gc_was_enabled:
+                    gc.enable()
+            lists = map(fresh.get, pieces, lists)
+            if len(cache) + len(fresh) > CACHE_MAX_ENTRIES:  # 放不下就整个清空：简单，且内存有界
+                cache.clear()
+            if len(fresh) <= CACHE_MAX_ENTRIES:
+                cache.update(fresh)
         out.extend(chain.from_iterable(lists))
 
     def encode_ordinary(self, text: str) -> list[int]:
