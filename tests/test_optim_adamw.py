@@ -48,6 +48,37 @@ def test_adamw_matches_torch_over_200_steps(amsgrad, maximize):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("amsgrad", [False, True])
+@pytest.mark.parametrize("maximize", [False, True])
+def test_adamw_foreach_bit_identical_to_torch_foreach(amsgrad, maximize):
+    kw = dict(lr=1e-2, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, amsgrad=amsgrad, maximize=maximize)
+    ours_p, ref_p, ours, ref = run_pair(lambda p: AdamW(groups(p, 3e-3), foreach=True, **kw),
+                                        lambda p: torch.optim.AdamW(groups(p, 3e-3), foreach=True, **kw),
+                                        steps=200, loss_sign=-1.0 if maximize else 1.0)
+    for a, b in zip(ours_p, ref_p):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    for i in range(len(SHAPES)):
+        for key, value in ref.state_dict()["state"][i].items():
+            torch.testing.assert_close(ours.state_dict()["state"][i][key], value, rtol=0, atol=0)
+
+
+def test_adamw_foreach_matches_single_tensor_path_and_skips_params_without_grad():
+    # 第 0 个参数前 5 步没有梯度：foreach 与逐参数两种写法都应跳过它（step 不前进），之后各参数的 step 不同
+    kw = dict(lr=1e-2, weight_decay=0.1)
+    params = {flag: make_params() for flag in (False, True)}
+    opts = {flag: AdamW(groups(params[flag], 3e-3), foreach=flag, **kw) for flag in (False, True)}
+    for step in range(20):
+        for flag in (False, True):
+            opts[flag].zero_grad(set_to_none=True)
+            ps = params[flag] if step >= 5 else params[flag][1:]
+            sum(((p - 0.5) ** 2).sum() for p in ps).backward()
+            opts[flag].step()
+    for a, b in zip(params[False], params[True]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)  # 两条路径的运算与舍入完全相同
+    assert opts[True].state[params[True][0]]["step"].item() == 15
+    assert opts[True].state[params[True][1]]["step"].item() == 20
+
+
 def test_adamw_state_dict_interchangeable_with_torch():
     kw = dict(lr=1e-2, weight_decay=0.1)
     ours_p, ref_p, ours, ref = run_pair(lambda p: AdamW(p, **kw), lambda p: torch.optim.AdamW(p, **kw), steps=10)
