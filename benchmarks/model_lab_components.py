@@ -10,8 +10,6 @@ RoPE 另比一行 interleaved 布局：我们的实数写法 vs Meta 原版的�
 from __future__ import annotations
 
 import importlib
-import statistics
-import time
 
 import torch
 from _common import machine_info, update_results
@@ -20,7 +18,7 @@ from transformers.models.llama.modeling_llama import LlamaMLP, LlamaRMSNorm, Lla
 from transformers.models.nemotron.modeling_nemotron import NemotronMLP
 
 from utils.io import is_smoke
-from utils.torch_playground import setup_seed
+from utils.torch_playground import benchmark_interleaved, setup_seed
 
 rmsnorm = importlib.import_module("model_lab.01_components.rmsnorm")
 rope = importlib.import_module("model_lab.01_components.rope")
@@ -35,7 +33,7 @@ def compare_ms(ours, ref, inputs) -> tuple[float, float]:
 
     在被多个进程挤满的 2 核机器上，墙钟时间大半是"排队等 CPU"，同一段代码能差出 10 倍；
     torch 设成单线程后，进程 CPU 时间（time.process_time）才是真正干活的时间。
-    两者还交替测量（ABAB…），让两边经历同样的缓存与频率状态。每次先清梯度，避免梯度累加混进测量。
+    两者交替测量（utils.torch_playground.benchmark_interleaved）。每次先清梯度，避免梯度累加混进测量。
     有 GPU 的机器上请改用墙钟时间 + torch.cuda.synchronize（CPU 时间量不到 GPU 上的 kernel）。
     """
 
@@ -46,15 +44,8 @@ def compare_ms(ours, ref, inputs) -> tuple[float, float]:
         out = out if isinstance(out, tuple) else (out,)
         sum(o.sum() for o in out).backward()
 
-    for _ in range(WARMUP):
-        step(ours), step(ref)
-    times = ([], [])
-    for _ in range(REPS):
-        for fn, bucket in zip((ours, ref), times):
-            start = time.process_time()
-            step(fn)
-            bucket.append((time.process_time() - start) * 1000.0)
-    return statistics.median(times[0]), statistics.median(times[1])
+    ours_ms, ref_ms = benchmark_interleaved([lambda: step(ours), lambda: step(ref)], WARMUP, REPS, cpu_time=True)
+    return ours_ms, ref_ms
 
 
 def bench_rmsnorm(rows, b, t, d):

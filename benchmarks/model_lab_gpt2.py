@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
-import statistics
 from typing import Callable
 
 import torch
@@ -21,7 +20,7 @@ import torch.nn.functional as F
 from _common import machine_info, update_results
 
 from utils.io import is_smoke
-from utils.torch_playground import benchmark, setup_seed
+from utils.torch_playground import benchmark_interleaved, setup_seed
 
 gpt2 = importlib.import_module("model_lab.02_architectures.gpt2")
 
@@ -32,13 +31,8 @@ def interleaved(ours_fn: Callable[[], object], hf_fn: Callable[[], object], reps
     共享的机器上别的进程时忙时闲：先把一边测完再测另一边，负载的变化会全算到其中一边头上；
     轮流测量让两边经历同样的干扰，比值才可信。
     """
-    ours_fn()  # 预热：首次调用的内存分配、kernel 选择不计入
-    hf_fn()
-    ours_ms, hf_ms = [], []
-    for _ in range(reps):
-        ours_ms.append(benchmark(ours_fn, warmup=0, reps=1))
-        hf_ms.append(benchmark(hf_fn, warmup=0, reps=1))
-    return statistics.median(ours_ms), statistics.median(hf_ms)
+    ours_ms, hf_ms = benchmark_interleaved([ours_fn, hf_fn], warmup=1, reps=reps)
+    return ours_ms, hf_ms
 
 
 def main() -> None:

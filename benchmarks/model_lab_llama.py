@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import statistics
 import time
 
 import torch
 from _common import machine_info, update_results
 
 from utils.io import is_smoke
-from utils.torch_playground import setup_seed
+from utils.torch_playground import benchmark_interleaved, setup_seed
 
 llama = importlib.import_module("model_lab.02_architectures.llama")
 
@@ -41,20 +40,9 @@ def sync(device: str) -> None:
 
 
 def paired_ms(fn_a, fn_b, reps: int, warmup: int = 1) -> tuple[float, float]:
-    """交替计时 a、b（每轮顺序互换），返回两者的中位毫秒数。
-
-    这台机器上常有别的进程抢 CPU；交替测量让两边经历同样的干扰，比先测完 a 再测 b 公平。
-    """
-    for _ in range(warmup):
-        fn_a(), fn_b()
-    times_a, times_b = [], []
-    for i in range(reps):
-        order = [(fn_a, times_a), (fn_b, times_b)]
-        for fn, times in (order if i % 2 == 0 else order[::-1]):
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times_a), statistics.median(times_b)
+    """交替计时 a、b，返回两者的中位毫秒数（见 utils.torch_playground.benchmark_interleaved）。"""
+    ms_a, ms_b = benchmark_interleaved([fn_a, fn_b], warmup, reps)
+    return ms_a, ms_b
 
 
 def train_row(dtype: torch.dtype, device: str, smoke: bool) -> list[str]:

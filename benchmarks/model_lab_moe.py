@@ -11,13 +11,12 @@ E=64 时它占了参考实现九成以上的时间；我们先 unbind 一次（�
 from __future__ import annotations
 
 import importlib
-import statistics
 
 import torch
 from _common import machine_info, update_results
 
 from utils.io import is_smoke
-from utils.torch_playground import benchmark, setup_seed
+from utils.torch_playground import benchmark_interleaved, setup_seed
 
 moe_lib = importlib.import_module("model_lab.01_components.moe")
 
@@ -32,13 +31,7 @@ def interleaved_fwd_bwd_ms(fns, x):
         x.grad = None
         fn(x).sum().backward()
 
-    for fn in fns:
-        benchmark(lambda: step(fn), warmup=WARMUP - 1, reps=1)
-    times = [[] for _ in fns]
-    for _ in range(REPS):
-        for fn, ts in zip(fns, times):
-            ts.append(benchmark(lambda: step(fn), warmup=0, reps=1))
-    return [statistics.median(ts) for ts in times]
+    return benchmark_interleaved([lambda fn=fn: step(fn) for fn in fns], WARMUP, REPS)
 
 
 def bench(cfg, n_tokens):

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import statistics
 
 import torch
 import torch.nn.functional as F
@@ -18,22 +17,16 @@ from _common import machine_info, update_results
 
 from training_sys.optimization import SGD, AdamW, Lion, Muon, clip_grad_norm, cross_entropy
 from utils.io import is_smoke
-from utils.torch_playground import benchmark, setup_seed
+from utils.torch_playground import benchmark_interleaved, setup_seed
 
 SMOKE = is_smoke()
 REPS, WARMUP = (2, 1) if SMOKE else (15, 3)
 
 
 def paired_ms(fn_ours, fn_ref) -> tuple[float, float]:
-    """交替计时（ours, ref, ours, ref, …）再各取中位数：机器负载随时间漂移时，两边受到的影响相同，比值更可信。"""
-    for _ in range(WARMUP):
-        fn_ours()
-        fn_ref()
-    ours, ref = [], []
-    for _ in range(REPS):
-        ours.append(benchmark(fn_ours, warmup=0, reps=1))
-        ref.append(benchmark(fn_ref, warmup=0, reps=1))
-    return statistics.median(ours), statistics.median(ref)
+    """交替计时再各取中位数（见 utils.torch_playground.benchmark_interleaved）。"""
+    ours, ref = benchmark_interleaved([fn_ours, fn_ref], WARMUP, REPS)
+    return ours, ref
 
 
 def model_shapes(d: int, layers: int, vocab: int) -> list[tuple[int, ...]]:

@@ -169,3 +169,14 @@ def test_atomic_write_gives_normal_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_benchmark_interleaved_alternates_and_returns_one_median_per_fn():
+    calls = []
+    ms = tp.benchmark_interleaved([lambda: calls.append("a"), lambda: calls.append("b")], warmup=1, reps=4)
+    assert len(ms) == 2 and all(m >= 0 for m in ms)
+    # 预热 a b，然后每轮交替、奇数轮反序：a b | b a | a b | b a
+    assert "".join(calls) == "ab" + "ab" + "ba" + "ab" + "ba"
+    assert len(tp.benchmark_interleaved([lambda: None], reps=1, cpu_time=True)) == 1
+    with pytest.raises(ValueError, match="reps"):
+        tp.benchmark_interleaved([lambda: None], reps=0)

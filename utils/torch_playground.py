@@ -19,7 +19,7 @@ import random
 import statistics
 import time
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -154,6 +154,38 @@ def benchmark(fn: Callable[[], object], warmup: int = 3, reps: int = 10) -> floa
     return statistics.median(times)
 
 
+def benchmark_interleaved(fns: Sequence[Callable[[], object]], warmup: int = 3, reps: int = 10,
+                          cpu_time: bool = False) -> list[float]:
+    """把几个函数轮流各跑一次、重复 reps 轮，返回每个函数的中位耗时（毫秒），顺序与 fns 相同。
+
+    比较"我们 vs 参考"时用它而不是分别调用两次 benchmark()：共享机器上别的进程时忙时闲，
+    先测完一边再测另一边，负载的变化会全算到其中一边头上；轮流测（每轮还把顺序反过来，
+    抵消"总是排第一"的缓存效应）让每一边经历同样的干扰，比值才可信。
+    cpu_time=True 时量进程 CPU 时间（time.process_time）：单线程 torch 在被挤满的 CPU 上，
+    墙钟时间大半是排队，CPU 时间才是真正干活的时间；它量不到 GPU 上的 kernel，GPU 上请用默认的墙钟。
+    """
+    if reps < 1:
+        raise ValueError(f"reps={reps} 必须 ≥ 1")
+    if warmup < 0:
+        raise ValueError(f"warmup={warmup} 不能是负数")
+    clock = time.process_time if cpu_time else time.perf_counter
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
+    for rep in range(reps):
+        order = list(range(len(fns)))
+        if rep % 2:
+            order.reverse()
+        for i in order:
+            _sync()
+            start = clock()
+            fns[i]()
+            _sync()
+            times[i].append((clock() - start) * 1000.0)
+    return [statistics.median(t) for t in times]
+
+
 # ---------------------------------------------------------------------------
 # 张量检查
 # ---------------------------------------------------------------------------
@@ -197,4 +229,4 @@ def inspect(tensor: torch.Tensor, name: str = "tensor", verbose: bool = True) ->
 DEVICE = get_device(verbose=False)
 setup_seed(DEFAULT_SEED)
 
-__all__ = ["DEFAULT_SEED", "DEVICE", "Timer", "benchmark", "get_device", "inspect", "setup_seed", "time_block"]
+__all__ = ["DEFAULT_SEED", "DEVICE", "Timer", "benchmark", "benchmark_interleaved", "get_device", "inspect", "setup_seed", "time_block"]
