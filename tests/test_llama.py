@@ -211,3 +211,57 @@ def test_rope_frequencies_stay_fp32_under_dtype_casts():
     torch.testing.assert_close(model.model.rotary_emb.inv_freq, ref, rtol=0, atol=0)
     model.half().float()
     torch.testing.assert_close(model.model.rotary_emb.inv_freq, ref, rtol=0, atol=0)
+
+
+def _hf_rope(q: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    return apply_rotary_pos_emb(q, q, cos, sin)[0]
+
+
+def test_interleaved_complex_rope_equals_hf_rotate_half():
+    """q/k 的行交错 + 复数乘法 = HF 的 rotate_half 写法（差一个按头的置换），因而注意力分数完全相同。"""
+    torch.manual_seed(0)
+    b, t, h, d, c = 2, 7, 3, 8, 24
+    x, wq, wk = torch.randn(b, t, c), torch.randn(h * d, c), torch.randn(h * d, c)
+    angles = torch.arange(t)[None, :, None].float() * torch.rand(d // 2)  # (1, T, D/2)
+    cos, sin = torch.cat((angles, angles), -1).cos(), torch.cat((angles, angles), -1).sin()
+    heads = lambda y: y.view(b, t, h, d).transpose(1, 2)  # noqa: E731
+    q_hf, k_hf = _hf_rope(heads(x @ wq.T), cos, sin), _hf_rope(heads(x @ wk.T), cos, sin)  # (B, H, T, D)
+    rope = llama.rope_table(cos, sin)
+    q = llama.apply_rope((x @ llama.interleave_rope_rows(wq, h).T).view(b, t, h, d), rope).transpose(1, 2)
+    k = llama.apply_rope((x @ llama.interleave_rope_rows(wk, h).T).view(b, t, h, d), rope).transpose(1, 2)
+    # 交错顺序 (0, D/2, 1, D/2+1, …) 还原成前后两半，就是 HF 的结果
+    torch.testing.assert_close(q.unflatten(-1, (d // 2, 2)).transpose(-1, -2).flatten(-2), q_hf)
+    torch.testing.assert_close(q @ k.transpose(-1, -2), q_hf @ k_hf.transpose(-1, -2))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rope_compiled_branch_equals_complex_branch(monkeypatch, dtype):
+    """torch.compile 时走的实数写法与 eager 的复数乘法数值相同（输出与梯度），低精度输入保持原 dtype。"""
+    torch.manual_seed(1)
+    angles = torch.arange(5)[None, :, None].float() * torch.rand(4)
+    rope = llama.rope_table(torch.cat((angles, angles), -1).cos(), torch.cat((angles, angles), -1).sin())
+    x = torch.randn(2, 5, 3, 8).to(dtype).requires_grad_()
+    g = torch.randn(2, 5, 3, 8).to(dtype)
+    eager = llama.apply_rope(x, rope)
+    (gx_eager,) = torch.autograd.grad(eager, x, g)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    real = llama.apply_rope(x, rope)
+    (gx_real,) = torch.autograd.grad(real, x, g)
+    assert eager.dtype == real.dtype == dtype
+    torch.testing.assert_close(real, eager)
+    torch.testing.assert_close(gx_real, gx_eager)
+
+
+def test_training_forward_compiles_without_graph_breaks():
+    """torch.compile 能把整个训练前向（含 loss）捕获成一张图：输入检查里读回 Python 的部分在编译时跳过。"""
+    import torch._dynamo
+
+    model, _ = make_pair("gqa_llama3_bias")
+    ids = torch.randint(0, 97, (2, 9))
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(model)(ids, ids)
+    torch._dynamo.reset()
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
