@@ -71,7 +71,7 @@ def nanogpt_lr(it: int, lr: float, min_lr: float, warmup: int, decay_iters: int)
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (lr - min_lr)
 
 
-def run_reference(data, r: dict) -> dict:
+def run_reference(data, r: dict, compile: bool = False) -> dict:
     from model_lab import GPT2, GPT2Config
 
     torch.manual_seed(r["seed"])
@@ -87,6 +87,7 @@ def run_reference(data, r: dict) -> dict:
     block, batch = r["block_size"], r["batch_size"]
     times = []
     model.train()
+    fwd_model = torch.compile(model) if compile else model  # nanoGPT 的 compile 选项（train.py 默认开启）
     for it in range(r["max_iters"]):
         t0 = time.perf_counter()
         for g in optimizer.param_groups:
@@ -94,7 +95,7 @@ def run_reference(data, r: dict) -> dict:
         ix = torch.randint(len(train_t) - block, (batch,))
         x = torch.stack([train_t[i:i + block] for i in ix])
         y = torch.stack([train_t[i + 1:i + 1 + block] for i in ix])
-        _, loss = model(x, y)
+        _, loss = fwd_model(x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), r["grad_clip"])
         optimizer.step()
@@ -125,17 +126,18 @@ def run_ours(data_path: Path, r: dict, name: str, **overrides) -> dict:
 
 
 def interleaved_ms_per_iter(data, data_path: Path, r: dict, threads: int, rounds: int,
-                            steps: int) -> tuple[float, float]:
+                            steps: int, compile: bool = False) -> tuple[float, float]:
     """ref 与 ours 轮流各跑 steps 步、共 rounds 轮，取每轮中位数的中位数。
 
     整段 2000 步的两个运行前后相隔几分钟，共用机器的负载可能完全不同；轮流的短跑让两边处在同样的负载下，
-    每步耗时之比才可信。ours 的耗时来自真实的训练循环（TrainResult.ms_per_iter）。
+    每步耗时之比才可信。ours 的耗时来自真实的训练循环（TrainResult.ms_per_iter，跳过前 5 步，
+    所以 compile=True 时第一步的编译不计入）。compile=True：两边都 torch.compile，比的是编译后的每步耗时。
     """
     short = dict(r, max_iters=steps, warmup_iters=steps // 4)
     ref_ms, ours_ms = [], []
     for _ in range(rounds):
-        ref_ms.append(statistics.median(run_reference(data, short)["times"][5:]) * 1000)
-        ours_ms.append(run_ours(data_path, short, "timing", threads=threads)["result"].ms_per_iter)
+        ref_ms.append(statistics.median(run_reference(data, short, compile=compile)["times"][5:]) * 1000)
+        ours_ms.append(run_ours(data_path, short, "timing", threads=threads, compile=compile)["result"].ms_per_iter)
     return statistics.median(ref_ms), statistics.median(ours_ms)
 
 
@@ -189,9 +191,13 @@ def main() -> None:
     muon_val_big = evaluate(muon["model"], data, r, big_eval)
     print(f"muon: {muon_iters} 步, val {mres.val_loss:.4f} / {muon_val_big:.4f} | {mres.ms_per_iter:.1f} ms/iter | "
           f"{muon['wall']:.0f} s")
-    rounds, steps = (1, 10) if smoke else (3, 50)
+    rounds, steps = (1, 10) if smoke else (7, 60)
     ref_ms_il, ours_ms_il = interleaved_ms_per_iter(data, data_path, r, args.threads, rounds, steps)
     print(f"交替计时：ref {ref_ms_il:.1f} ms/iter，ours {ours_ms_il:.1f} ms/iter")
+    compiled = None
+    if not smoke:  # 编译要几十秒，SMOKE 不跑
+        compiled = interleaved_ms_per_iter(data, data_path, r, args.threads, rounds, steps, compile=True)
+        print(f"交替计时（两边都 torch.compile）：ref {compiled[0]:.1f} ms/iter，ours {compiled[1]:.1f} ms/iter")
     load_after = load_avg()
 
     gpu_line = ("没有 GPU（本机只有 CPU）：nanoGPT 的 GPU 配方（6 层、6 头、384 维、block 256、batch 64、5000 步，"
@@ -212,9 +218,15 @@ def main() -> None:
     ]
     rows.append((f"交替计时（{rounds} 轮 × {steps} 步，同负载）：参照 / ours AdamW", "—", "—", "—",
                  f"{ref_ms_il:.1f} / {ours_ms_il:.1f}", "—", f"{ours_ms_il / ref_ms_il:.2f}"))
+    if compiled is not None:
+        rows.append((f"交替计时，两边都 torch.compile（{rounds} 轮 × {steps} 步）：参照 / ours AdamW", "—", "—", "—",
+                     f"{compiled[0]:.1f} / {compiled[1]:.1f}", "—", f"{compiled[1] / compiled[0]:.2f}"))
     header = "| 运行 | 步数 | val loss（20 batch） | val loss（200 batch） | ms/iter（中位数） | 墙钟 s | 每步耗时比 |"
     table = "\n".join([header, "|---|---|---|---|---|---|---|"] + ["| " + " | ".join(row) + " |" for row in rows])
     verdict = "达到" if res.val_loss <= TARGET_VAL_LOSS else "未达到"
+    speed = f"每步耗时（目标：不多于参照，同负载交替计时）：eager {ours_ms_il / ref_ms_il:.2f}×"
+    if compiled is not None:
+        speed += f"，两边都 torch.compile {compiled[1] / compiled[0]:.2f}×"
     md = f"""### 预训练循环 vs nanoGPT CPU 配方（字符级 tiny-shakespeare）
 
 {machine_info()} · torch 线程 {args.threads} · 负载（1/5/15 分钟）开始 {load_before}，结束 {load_after}（2 核机器与其他任务共用）
@@ -225,7 +237,7 @@ betas (0.9, 0.99)、wd 0.1、裁剪 1.0、dropout 0。Llama 的 SwiGLU 隐层 34
 
 {table}
 
-目标 val loss ≤ {TARGET_VAL_LOSS}（AdamW，同样的步数）：{verdict}。{gpu_line}
+目标 val loss ≤ {TARGET_VAL_LOSS}（AdamW，同样的步数）：{verdict}。{speed}。{gpu_line}
 
     PYTHONPATH=. .venv/bin/python benchmarks/training_nanogpt_recipe.py --data ../shared/data/tinyshakespeare.txt
 """
