@@ -236,22 +236,36 @@ def test_interleaved_complex_rope_equals_hf_rotate_half():
     torch.testing.assert_close(q @ k.transpose(-1, -2), q_hf @ k_hf.transpose(-1, -2))
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_rope_compiled_branch_equals_complex_branch(monkeypatch, dtype):
-    """torch.compile 时走的实数写法与 eager 的复数乘法数值相同（输出与梯度），低精度输入保持原 dtype。"""
+def _rope_inputs(dtype: torch.dtype, b: int = 2, t: int = 5, h: int = 3, d: int = 8):
     torch.manual_seed(1)
-    angles = torch.arange(5)[None, :, None].float() * torch.rand(4)
-    rope = llama.rope_table(torch.cat((angles, angles), -1).cos(), torch.cat((angles, angles), -1).sin())
-    x = torch.randn(2, 5, 3, 8).to(dtype).requires_grad_()
-    g = torch.randn(2, 5, 3, 8).to(dtype)
+    angles = torch.arange(t)[None, :, None].float() * torch.rand(d // 2) * 3
+    cos, sin = torch.cat((angles, angles), -1).cos(), torch.cat((angles, angles), -1).sin()
+    return torch.randn(b, t, h, d).to(dtype), cos, sin
+
+
+def test_rope_compiled_branch_equals_complex_branch(monkeypatch):
+    """torch.compile 时走的实数写法与 eager 的复数乘法数值相同（输出与梯度）。"""
+    x, cos, sin = _rope_inputs(torch.float32)
+    x.requires_grad_()
+    rope, g = llama.rope_table(cos, sin), torch.randn_like(x)
     eager = llama.apply_rope(x, rope)
     (gx_eager,) = torch.autograd.grad(eager, x, g)
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     real = llama.apply_rope(x, rope)
     (gx_real,) = torch.autograd.grad(real, x, g)
-    assert eager.dtype == real.dtype == dtype
     torch.testing.assert_close(real, eager)
     torch.testing.assert_close(gx_real, gx_eager)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_rope_is_bitwise_hf(dtype):
+    """bf16/fp16 下在 x 的 dtype 里旋转，与 HF 的 rotate_half 写法逐位相同（贪心生成因此与 HF 一致）。"""
+    x, cos, sin = _rope_inputs(dtype)  # x: HF 的顺序，每个头 [前半 | 后半]
+    d = x.size(-1)
+    ref = _hf_rope(x.transpose(1, 2), cos.to(dtype), sin.to(dtype)).transpose(1, 2)
+    ours = llama.apply_rope(x.unflatten(-1, (2, d // 2)).transpose(-1, -2).flatten(-2), llama.rope_table(cos, sin))
+    assert ours.dtype == dtype
+    assert torch.equal(ours.unflatten(-1, (d // 2, 2)).transpose(-1, -2).flatten(-2), ref)
 
 
 def test_training_forward_compiles_without_graph_breaks():
@@ -265,3 +279,25 @@ def test_training_forward_compiles_without_graph_breaks():
     torch._dynamo.reset()
     assert explanation.graph_break_count == 0, explanation.break_reasons
     assert explanation.graph_count == 1
+
+
+@pytest.mark.parametrize("name", ["mha_untied", "gqa_llama3_bias", "mqa_yarn"])
+def test_qkv_fused_weights_equal_separate_projections(name):
+    """project_qkv 的两种算法（交错权重、一次 GEMM / 三次 GEMM、交错输出）输出与梯度相同；默认按 B·T 与 C 的大小选。"""
+    model, _ = make_pair(name, seed=11)
+    attn = model.model.layers[0].self_attn
+    x = torch.randn(3, 5, BASE["hidden_size"])
+    results = []
+    for fuse in (True, False):
+        attn.zero_grad()
+        qk, v = attn.project_qkv(x, fuse_weights=fuse)
+        assert qk.shape == (3, 5, attn.n_head + attn.n_kv_head, attn.head_dim)
+        assert v.shape == (3, 5, attn.n_kv_head, attn.head_dim)
+        (qk.square().sum() + v.sin().sum()).backward()
+        results.append((qk, v, [p.grad.clone() for p in attn.parameters() if p.grad is not None]))
+    (qk_a, v_a, g_a), (qk_b, v_b, g_b) = results
+    torch.testing.assert_close(qk_a, qk_b)
+    torch.testing.assert_close(v_a, v_b)
+    assert len(g_a) == len(g_b) > 0
+    for a, b in zip(g_a, g_b):
+        torch.testing.assert_close(a, b)

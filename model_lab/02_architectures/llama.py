@@ -447,18 +447,17 @@ def apply_rope(x: Tensor, rope: Tensor) -> Tensor:
     """x: (B, T, H, D)，配对相邻（见 interleave_rope_rows）；rope: rope_table 的 (B 或 1, T, 1, D/2, 2)。每对坐标旋转角度 θ。
 
     (x₀ + i·x₁)·(cos θ + i·sin θ) = (x₀ cos θ − x₁ sin θ) + i·(x₁ cos θ + x₀ sin θ)。
-    eager 下用复数乘法（一个算子）；torch.compile 时给实数写法——inductor 不为复数生成代码，
-    实数的四次乘、一次加减它会融合成一个循环。两条路径的结果相同（tests/test_llama.py 对照）。
-    低精度输入先升到 fp32 再转回（Meta 原版 Llama 的做法）：复数乘法没有 bf16 版本。
+    fp32/fp64 的 eager 前向用复数乘法：一个算子，反向也是一个。另外两种情形用同一公式的实数写法：
+    - torch.compile：inductor 不为复数生成代码，实数的四次乘、一次加减它会融合成一个循环；
+    - bf16/fp16：没有这种精度的复数；在 x 的 dtype 里算（cos/sin 先转过去），舍入与 HF 的
+      x·cos + rotate_half(x)·sin 逐位相同（每个乘积舍入一次，再相加舍入一次，顺序也一样）。
     """
-    pairs = x.float().unflatten(-1, (-1, 2))  # (B, T, H, D/2, 2)
-    if torch.compiler.is_compiling():
-        x0, x1 = pairs.unbind(-1)
-        cos, sin = rope.unbind(-1)
-        out = torch.stack((x0 * cos - x1 * sin, x1 * cos + x0 * sin), dim=-1)
-    else:
-        out = torch.view_as_real(torch.view_as_complex(pairs) * torch.view_as_complex(rope))
-    return out.flatten(-2).type_as(x)  # (B, T, H, D)
+    pairs = x.unflatten(-1, (-1, 2))  # (B, T, H, D/2, 2)
+    if x.dtype in (torch.float32, torch.float64) and not torch.compiler.is_compiling():
+        return torch.view_as_real(torch.view_as_complex(pairs) * torch.view_as_complex(rope)).flatten(-2)
+    x0, x1 = pairs.unbind(-1)
+    cos, sin = rope.to(x.dtype).unbind(-1)
+    return torch.stack((x0 * cos - x1 * sin, x1 * cos + x0 * sin), dim=-1).flatten(-2)  # (B, T, H, D)
 
 
 class Attention(nn.Module):
@@ -476,24 +475,38 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(config.hidden_size, self.n_kv_head * self.head_dim, bias=bias)
         self.o_proj = nn.Linear(self.n_head * self.head_dim, config.hidden_size, bias=bias)
 
-    def qkv_params(self) -> tuple[Tensor, Tensor | None]:
-        """三个投影拼成一个 ((H + 2·H_kv)·D, C) 的权重：一次 GEMM 代替三次（nanoGPT 的 c_attn 也是这样）。
+    def project_qkv(self, x: Tensor, fuse_weights: bool | None = None) -> tuple[Tensor, Tensor]:
+        """x (B, T, C) → qk (B, T, H + H_kv, D)（q、k 的 RoPE 配对相邻，见 interleave_rope_rows）与 v (B, T, H_kv, D)。
 
-        参数仍是 HF 命名的 q_proj / k_proj / v_proj（checkpoint 与 HF 互通）；拼接只是前向里的一次小拷贝，
-        反向时 autograd 把梯度切回三块。q/k 的行按 RoPE 的配对交错（interleave_rope_rows）。
+        两种算法结果相同——同一个置换，施加在权重上还是施加在输出上——默认（None）按大小挑便宜的：
+        - token 多（训练、预填充，B·T ≥ C）：q/k 的权重行交错后与 v 拼成一个 ((H + 2·H_kv)·D, C) 的矩阵，
+          一次 GEMM 代替三次（nanoGPT 的 c_attn 也是这样）；拷贝权重的代价被成百上千个 token 摊薄。
+        - token 少（逐 token 解码）：拷贝权重比算这几个 token 还贵，于是照常算三个投影，再交错 q/k 的输出。
+        参数始终是 HF 命名的 q_proj / k_proj / v_proj（checkpoint 与 HF 互通）；反向时 autograd 把梯度切回三块。
         """
-        def rows(name: str) -> list[Tensor]:  # [q 的行（交错）, k 的行（交错）, v 的行]，name = "weight" 或 "bias"
-            q, k, v = (getattr(proj, name) for proj in (self.q_proj, self.k_proj, self.v_proj))
-            return [interleave_rope_rows(q, self.n_head), interleave_rope_rows(k, self.n_kv_head), v]
+        b, t, c = x.shape
+        h, h_kv, d = self.n_head, self.n_kv_head, self.head_dim
+        projs = (self.q_proj, self.k_proj, self.v_proj)
+        if fuse_weights is None:
+            fuse_weights = b * t >= c
+        if fuse_weights:
+            def stacked(name: str) -> Tensor:  # [q 的行（交错）; k 的行（交错）; v 的行]，name = "weight" 或 "bias"
+                q, k, v = (getattr(proj, name) for proj in projs)
+                return torch.cat([interleave_rope_rows(q, h), interleave_rope_rows(k, h_kv), v])
 
-        bias = torch.cat(rows("bias")) if self.q_proj.bias is not None else None
-        return torch.cat(rows("weight")), bias
+            bias = stacked("bias") if self.q_proj.bias is not None else None
+            qkv = F.linear(x, stacked("weight"), bias).view(b, t, h + 2 * h_kv, d)  # (B, T, H + 2·H_kv, D)
+            qk, v = qkv.split([h + h_kv, h_kv], dim=2)
+            return qk, v
+        q, k, v = (proj(x) for proj in projs)
+        qk = torch.cat((q, k), dim=-1).view(b, t, h + h_kv, d)  # HF 的顺序：每个头 [前半 | 后半]
+        qk = qk.unflatten(-1, (2, d // 2)).transpose(-1, -2).flatten(-2)  # 交错成 0, D/2, 1, D/2+1, …
+        return qk, v.view(b, t, h_kv, d)
 
     def forward(self, x: Tensor, rope: Tensor, kv_cache: KVCache | None, attn_mask: Tensor | None) -> Tensor:
         b, t, _ = x.shape
         h, h_kv, d = self.n_head, self.n_kv_head, self.head_dim
-        qkv = F.linear(x, *self.qkv_params()).view(b, t, h + 2 * h_kv, d)  # (B, T, H + 2·H_kv, D)
-        qk, v = qkv.split([h + h_kv, h_kv], dim=2)
+        qk, v = self.project_qkv(x)
         q, k = apply_rope(qk, rope).split([h, h_kv], dim=2)  # q 与 k 一起旋转：一次算子
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D), (B, H_kv, T, D) ×2
         has_prefix = kv_cache is not None and kv_cache.seq_len > 0
