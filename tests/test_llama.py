@@ -219,35 +219,41 @@ def _hf_rope(q: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Ten
     return apply_rotary_pos_emb(q, q, cos, sin)[0]
 
 
-def test_interleaved_complex_rope_equals_hf_rotate_half():
-    """q/k 的行交错 + 复数乘法 = HF 的 rotate_half 写法（差一个按头的置换），因而注意力分数完全相同。"""
-    torch.manual_seed(0)
-    b, t, h, d, c = 2, 7, 3, 8, 24
-    x, wq, wk = torch.randn(b, t, c), torch.randn(h * d, c), torch.randn(h * d, c)
-    angles = torch.arange(t)[None, :, None].float() * torch.rand(d // 2)  # (1, T, D/2)
-    cos, sin = torch.cat((angles, angles), -1).cos(), torch.cat((angles, angles), -1).sin()
-    heads = lambda y: y.view(b, t, h, d).transpose(1, 2)  # noqa: E731
-    q_hf, k_hf = _hf_rope(heads(x @ wq.T), cos, sin), _hf_rope(heads(x @ wk.T), cos, sin)  # (B, H, T, D)
-    rope = llama.rope_table(cos, sin)
-    q = llama.apply_rope((x @ llama.interleave_rope_rows(wq, h).T).view(b, t, h, d), rope).transpose(1, 2)
-    k = llama.apply_rope((x @ llama.interleave_rope_rows(wk, h).T).view(b, t, h, d), rope).transpose(1, 2)
-    # 交错顺序 (0, D/2, 1, D/2+1, …) 还原成前后两半，就是 HF 的结果
-    torch.testing.assert_close(q.unflatten(-1, (d // 2, 2)).transpose(-1, -2).flatten(-2), q_hf)
-    torch.testing.assert_close(q @ k.transpose(-1, -2), q_hf @ k_hf.transpose(-1, -2))
-
-
 def _rope_inputs(dtype: torch.dtype, b: int = 2, t: int = 5, h: int = 3, d: int = 8):
+    """x (B, T, H, D)，角度 (1, T, D/2)，以及 HF 约定的 cos/sin 表 (1, T, D)（同一组角度重复两遍）。"""
     torch.manual_seed(1)
     angles = torch.arange(t)[None, :, None].float() * torch.rand(d // 2) * 3
     cos, sin = torch.cat((angles, angles), -1).cos(), torch.cat((angles, angles), -1).sin()
-    return torch.randn(b, t, h, d).to(dtype), cos, sin
+    return torch.randn(b, t, h, d).to(dtype), angles, cos, sin
+
+
+def _deinterleave(y: torch.Tensor) -> torch.Tensor:
+    """交错顺序 (0, D/2, 1, D/2+1, …) 还原成 HF 的前后两半（独立于模型里的 interleave_halves 写出）。"""
+    d = y.size(-1)
+    return y.unflatten(-1, (d // 2, 2)).transpose(-1, -2).flatten(-2)
+
+
+def test_interleaved_complex_rope_equals_hf_rotate_half():
+    """q/k 的权重行交错 + 复数乘法 = HF 的 rotate_half 写法（差一个按头的置换），因而注意力分数完全相同。"""
+    _, angles, cos, sin = _rope_inputs(torch.float32, t=7)
+    torch.manual_seed(0)
+    b, t, h, d, c = 2, 7, 3, 8, 24
+    x, wq, wk = torch.randn(b, t, c), torch.randn(h * d, c), torch.randn(h * d, c)
+    heads = lambda y: y.view(b, t, h, d).transpose(1, 2)  # noqa: E731
+    q_hf, k_hf = _hf_rope(heads(x @ wq.T), cos, sin), _hf_rope(heads(x @ wk.T), cos, sin)  # (B, H, T, D)
+    rope = llama.rope_table(angles)
+    rows = lambda w: llama.interleave_halves(w.unflatten(0, (h, d)), dim=1).flatten(0, 1)  # noqa: E731
+    q = llama.apply_rope((x @ rows(wq).T).view(b, t, h, d), rope).transpose(1, 2)
+    k = llama.apply_rope((x @ rows(wk).T).view(b, t, h, d), rope).transpose(1, 2)
+    torch.testing.assert_close(_deinterleave(q), q_hf)
+    torch.testing.assert_close(q @ k.transpose(-1, -2), q_hf @ k_hf.transpose(-1, -2))
 
 
 def test_rope_compiled_branch_equals_complex_branch(monkeypatch):
     """torch.compile 时走的实数写法与 eager 的复数乘法数值相同（输出与梯度）。"""
-    x, cos, sin = _rope_inputs(torch.float32)
+    x, angles, _, _ = _rope_inputs(torch.float32)
     x.requires_grad_()
-    rope, g = llama.rope_table(cos, sin), torch.randn_like(x)
+    rope, g = llama.rope_table(angles), torch.randn_like(x)
     eager = llama.apply_rope(x, rope)
     (gx_eager,) = torch.autograd.grad(eager, x, g)
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
@@ -260,12 +266,11 @@ def test_rope_compiled_branch_equals_complex_branch(monkeypatch):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_low_precision_rope_is_bitwise_hf(dtype):
     """bf16/fp16 下在 x 的 dtype 里旋转，与 HF 的 rotate_half 写法逐位相同（贪心生成因此与 HF 一致）。"""
-    x, cos, sin = _rope_inputs(dtype)  # x: HF 的顺序，每个头 [前半 | 后半]
-    d = x.size(-1)
+    x, angles, cos, sin = _rope_inputs(dtype)  # x: HF 的顺序，每个头 [前半 | 后半]
     ref = _hf_rope(x.transpose(1, 2), cos.to(dtype), sin.to(dtype)).transpose(1, 2)
-    ours = llama.apply_rope(x.unflatten(-1, (2, d // 2)).transpose(-1, -2).flatten(-2), llama.rope_table(cos, sin))
+    ours = llama.apply_rope(llama.interleave_halves(x, dim=-1), llama.rope_table(angles))
     assert ours.dtype == dtype
-    assert torch.equal(ours.unflatten(-1, (d // 2, 2)).transpose(-1, -2).flatten(-2), ref)
+    assert torch.equal(_deinterleave(ours), ref)
 
 
 def test_training_forward_compiles_without_graph_breaks():

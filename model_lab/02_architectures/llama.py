@@ -384,7 +384,7 @@ class RMSNorm(nn.Module):
 
 
 class RotaryEmbedding(nn.Module):
-    """由位置算出 cos/sin 表（B 或 1, T, D）。inv_freq 是不进 state_dict 的 buffer（由 config 决定，不是权重）。"""
+    """由位置算出旋转因子表 rope_table（B 或 1, T, 1, D/2, 2）。inv_freq 是不进 state_dict 的 buffer（由 config 决定，不是权重）。"""
 
     def __init__(self, config: LlamaConfig) -> None:
         super().__init__()
@@ -406,45 +406,44 @@ class RotaryEmbedding(nn.Module):
         self.reset_inv_freq(self.inv_freq.device)
         return self
 
-    def forward(self, position_ids: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    def forward(self, position_ids: Tensor) -> Tensor:
         inv_freq = self.inv_freq
         if self.config.rope_type == "dynamic":
             seq_len = int(position_ids.max()) + 1
             if seq_len > self.config.max_position_embeddings:
                 inv_freq = rope_inv_freq(self.config, seq_len)[0].to(inv_freq.device)
         # 角度 θ_{m,i} = m * inv_freq[i]，在 fp32 里算（bf16 表示不了大位置 m 的精细角度）
-        freqs = position_ids[..., None].float() * inv_freq  # (B, T, D/2)
-        emb = torch.cat((freqs, freqs), dim=-1)  # (B, T, D)：HF 的"前半/后半"配对约定
-        cos, sin = emb.cos() * self.attention_scaling, emb.sin() * self.attention_scaling
-        return cos.to(dtype), sin.to(dtype)
+        angles = position_ids[..., None].float() * inv_freq  # (B, T, D/2)
+        return rope_table(angles, self.attention_scaling)
 
 
-def rope_table(cos: Tensor, sin: Tensor) -> Tensor:
-    """HF 约定的 cos/sin 表 (B 或 1, T, D)（前后两半相同）→ 旋转因子 (cos θ, sin θ) 成对存放：(B 或 1, T, 1, D/2, 2)。
+def rope_table(angles: Tensor, scaling: float = 1.0) -> Tensor:
+    """角度 θ (B 或 1, T, D/2) → 旋转因子 (cos θ, sin θ)·scaling 成对存放：(B 或 1, T, 1, D/2, 2)，所有头共用。
 
     最后一维的两个数就是复数 e^{iθ} = cos θ + i·sin θ 的实部与虚部（torch.view_as_complex 可以零拷贝地这样看它）。
-    始终是 fp32：bf16/fp16 没有对应的复数类型，而且角度本来就该在 fp32 里算。
+    HF 的 cos/sin 表 (B, T, D) 是把同一组角度重复两遍（前半/后半配对），这里每个角度只存一次。
+    scaling 是 attention_scaling（只有 yarn ≠ 1）。始终是 fp32：角度本来就该在 fp32 里算，bf16/fp16 也没有复数类型。
     """
-    h = cos.size(-1) // 2
-    return torch.stack((cos[..., :h], sin[..., :h]), dim=-1).float().unsqueeze(2)
+    return (torch.stack((angles.cos(), angles.sin()), dim=-1) * scaling).unsqueeze(2)
 
 
-def interleave_rope_rows(w: Tensor, n_heads: int) -> Tensor:
-    """把 q_proj/k_proj 的输出行（或偏置）按头重排：每个头的 [0..D/2) 与 [D/2..D) 交错成 0, D/2, 1, D/2+1, …
+def interleave_halves(t: Tensor, dim: int) -> Tensor:
+    """把第 dim 维（长 D = head_dim）的 [0..D/2) 与 [D/2..D) 交错成 0, D/2, 1, D/2+1, …
 
-    HF 的 RoPE 把第 i 维与第 i+D/2 维配成一对旋转；重排之后每一对在内存里相邻，(x_{2j}, x_{2j+1}) 可以直接
+    HF 的 RoPE 把第 i 维与第 i+D/2 维配成一对旋转；交错之后每一对在内存里相邻，(x_{2j}, x_{2j+1}) 可以直接
     看成一个复数 x_{2j} + i·x_{2j+1}，旋转 θ 就是乘 e^{iθ}——前向一个复数乘法，反向也只是乘 e^{-iθ}，
     代替 rotate_half 写法的 5 个算子（neg、cat、两次乘、加）及其反向，小模型在 CPU 上每步快约 5%。
     为什么结果不变：注意力只用到 q·k，对 q 和 k 的特征做同一个置换，点积不变；v 不动，所以输出与 HF 完全相同
     （KV cache 里存的 k 也是这个顺序，只在本模块内部使用）。这正是 Meta 原版 Llama（复数、相邻配对）与 HF
     （实数、前后两半配对）的权重转换里那个置换，见 model_lab/01_components/rope.py。
+    施加在 q_proj/k_proj 的权重行上（dim 是按头拆开后的行维）或施加在它们的输出上（dim=-1），效果相同。
     """
-    d = w.size(0) // n_heads
-    return w.unflatten(0, (n_heads, 2, d // 2)).transpose(1, 2).flatten(0, 2)
+    dim %= t.dim()
+    return t.unflatten(dim, (2, t.size(dim) // 2)).transpose(dim, dim + 1).flatten(dim, dim + 1)
 
 
 def apply_rope(x: Tensor, rope: Tensor) -> Tensor:
-    """x: (B, T, H, D)，配对相邻（见 interleave_rope_rows）；rope: rope_table 的 (B 或 1, T, 1, D/2, 2)。每对坐标旋转角度 θ。
+    """x: (B, T, H, D)，配对相邻（见 interleave_halves）；rope: rope_table 的 (B 或 1, T, 1, D/2, 2)。每对坐标旋转角度 θ。
 
     (x₀ + i·x₁)·(cos θ + i·sin θ) = (x₀ cos θ − x₁ sin θ) + i·(x₁ cos θ + x₀ sin θ)。
     fp32/fp64 的 eager 前向用复数乘法：一个算子，反向也是一个。另外两种情形用同一公式的实数写法：
@@ -476,7 +475,7 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(self.n_head * self.head_dim, config.hidden_size, bias=bias)
 
     def project_qkv(self, x: Tensor, fuse_weights: bool | None = None) -> tuple[Tensor, Tensor]:
-        """x (B, T, C) → qk (B, T, H + H_kv, D)（q、k 的 RoPE 配对相邻，见 interleave_rope_rows）与 v (B, T, H_kv, D)。
+        """x (B, T, C) → qk (B, T, H + H_kv, D)（q、k 的 RoPE 配对相邻，见 interleave_halves）与 v (B, T, H_kv, D)。
 
         两种算法结果相同——同一个置换，施加在权重上还是施加在输出上——默认（None）按大小挑便宜的：
         - token 多（训练、预填充，B·T ≥ C）：q/k 的权重行交错后与 v 拼成一个 ((H + 2·H_kv)·D, C) 的矩阵，
@@ -492,7 +491,8 @@ class Attention(nn.Module):
         if fuse_weights:
             def stacked(name: str) -> Tensor:  # [q 的行（交错）; k 的行（交错）; v 的行]，name = "weight" 或 "bias"
                 q, k, v = (getattr(proj, name) for proj in projs)
-                return torch.cat([interleave_rope_rows(q, h), interleave_rope_rows(k, h_kv), v])
+                qk = torch.cat((q, k)).unflatten(0, (h + h_kv, d))  # 行按头拆开：(H + H_kv, D, ...)
+                return torch.cat((interleave_halves(qk, dim=1).flatten(0, 1), v))
 
             bias = stacked("bias") if self.q_proj.bias is not None else None
             qkv = F.linear(x, stacked("weight"), bias).view(b, t, h + 2 * h_kv, d)  # (B, T, H + 2·H_kv, D)
@@ -500,8 +500,7 @@ class Attention(nn.Module):
             return qk, v
         q, k, v = (proj(x) for proj in projs)
         qk = torch.cat((q, k), dim=-1).view(b, t, h + h_kv, d)  # HF 的顺序：每个头 [前半 | 后半]
-        qk = qk.unflatten(-1, (2, d // 2)).transpose(-1, -2).flatten(-2)  # 交错成 0, D/2, 1, D/2+1, …
-        return qk, v.view(b, t, h_kv, d)
+        return interleave_halves(qk, dim=-1), v.view(b, t, h_kv, d)
 
     def forward(self, x: Tensor, rope: Tensor, kv_cache: KVCache | None, attn_mask: Tensor | None) -> Tensor:
         b, t, _ = x.shape
@@ -566,7 +565,7 @@ class LlamaModel(nn.Module):
     def forward(self, input_ids: Tensor, position_ids: Tensor, kv_cache: KVCache | None,
                 attn_mask: Tensor | None) -> Tensor:
         x = self.embed_tokens(input_ids)  # (B, T, C)
-        rope = rope_table(*self.rotary_emb(position_ids, torch.float32))  # (B 或 1, T, 1, D/2, 2)，所有层共用
+        rope = self.rotary_emb(position_ids)  # (B 或 1, T, 1, D/2, 2)，所有层共用
         for layer in self.layers:
             x = layer(x, rope, kv_cache, attn_mask)
         return self.norm(x)
