@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch>=2.6
 JOBS ?= auto
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | sha256sum | cut -c1-16)
 
-.PHONY: install run test smoke bench clean
+.PHONY: install run test lint smoke mutants clean
 
 install: $(STAMP)
 
@@ -27,8 +27,12 @@ run: install
 	PYTHONPATH=. $(PY) -m training_sys.speedrun $(RUN_ARGS)
 	@echo "报告与模型目录见上面最后两行（默认 checkpoints/shakespeare_cpu/report.md）；make run RUN_ARGS='--preset gpu' 换预设"
 
-test: install
+# make test = 先 lint（ruff，几秒），再跑全部测试
+test: lint
 	PYTHONPATH=. $(PY) -m pytest -n $(JOBS)
+
+lint: install
+	$(VENV)/bin/ruff check .
 
 smoke: install
 	PYTHONPATH=. $(PY) -m pytest -n $(JOBS) tests/test_smoke_scripts.py

@@ -12,12 +12,9 @@ import fcntl
 import os
 import platform
 import re
-import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # 让 `python benchmarks/x.py` 不依赖 PYTHONPATH 也能导入项目包
-    sys.path.insert(0, str(REPO_ROOT))
 
 from utils.io import atomic_write, is_smoke  # noqa: E402
 

@@ -32,9 +32,8 @@ import sys
 import time
 from pathlib import Path
 
-from _common import REPO_ROOT, machine_info, update_results
-
 import torch
+from _common import REPO_ROOT, machine_info, update_results
 
 from training_sys.data import load_char_data
 from training_sys.pretrain import TrainConfig, estimate_loss, train

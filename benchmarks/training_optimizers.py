@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from _common import machine_info, update_results

@@ -28,9 +28,10 @@ import os
 import re
 import time
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence, TypeVar
+from typing import TypeVar
 
 from utils.io import atomic_write, data_dir, is_smoke
 

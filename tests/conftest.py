@@ -11,8 +11,6 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
 
 # 测试产生的图片与 checkpoint 写进临时目录，不覆盖学习者 checkpoints/ 里的真实结果
 os.environ.setdefault("LLM_CHECKPOINTS_DIR", tempfile.mkdtemp(prefix="llm-test-ckpt-"))

@@ -23,7 +23,7 @@
 
 精确续训：checkpoint 里存了权重、优化器与调度器状态、torch/numpy/python 的随机数状态，以及专用于
 抽 batch 的 torch.Generator 的状态（= 数据读到哪了）。在 CPU 上，中断于第 k 步再 --resume 到第 N 步，
-与一口气跑 N 步的参数逐位相同（tests/test_pretrain.py 证明）。Ctrl-C：做完当前这一步、保存、退出。
+与一口气跑 N 步的参数逐位相同（tests/training_sys/test_pretrain.py 证明）。Ctrl-C：做完当前这一步、保存、退出。
 """
 
 from __future__ import annotations
@@ -39,16 +39,14 @@ import statistics
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, get_type_hints
+from typing import Any, get_type_hints
 
 import torch
 
-if __package__ in (None, ""):  # `python training_sys/pretrain.py`：把仓库根放进 sys.path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from training_sys.checkpoint import (  # noqa: E402
+from training_sys.checkpoint import (
     CheckpointError,
     capture_rng_state,
     latest_checkpoint,
@@ -56,9 +54,10 @@ from training_sys.checkpoint import (  # noqa: E402
     restore_rng_state,
     save_checkpoint,
 )
-from training_sys.data import DataError, LMData, get_batch, load_char_data, load_token_shards  # noqa: E402
-from training_sys.optimization import SCHEDULE_KINDS  # noqa: E402
-from utils.io import atomic_path, atomic_write, is_smoke, output_path  # noqa: E402
+from training_sys.data import DataError, LMData, get_batch, load_char_data, load_token_shards
+from training_sys.evaluation import bits_per_byte
+from training_sys.optimization import SCHEDULE_KINDS
+from utils.io import atomic_path, atomic_write, is_smoke, output_path
 
 OPTIMIZERS = ("adamw", "muon")
 DTYPES = ("float32", "bfloat16")
@@ -343,11 +342,6 @@ def sample_text(model: torch.nn.Module, data: LMData, cfg: TrainConfig, device: 
         ids = torch.cat([ids, next_id], dim=1)
     model.train()
     return data.decode(ids[0, len(prompt):].tolist())
-
-
-def bits_per_byte(loss_nats: float, bytes_per_token: float) -> float:
-    """nats/token → bits/byte：除以 ln 2 变成 bits/token，再除以每 token 的平均字节数。与分词器无关，可跨词表比较。"""
-    return loss_nats / math.log(2) / bytes_per_token
 
 
 # ---------------------------------------------------------------------------

@@ -35,19 +35,17 @@ import platform
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-if __package__ in (None, ""):  # `python training_sys/speedrun.py`：把仓库根放进 sys.path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from training_sys.checkpoint import latest_checkpoint, sha256_file  # noqa: E402
-from training_sys.pretrain import TrainConfig, read_metrics  # noqa: E402
-from utils.io import atomic_path, atomic_write, checkpoints_dir, is_smoke  # noqa: E402
+from training_sys.checkpoint import latest_checkpoint, sha256_file
+from training_sys.pretrain import TrainConfig, read_metrics
+from utils.io import atomic_path, atomic_write, checkpoints_dir, is_smoke
 
 SPECIAL_TOKENS = ["<|endoftext|>"]
 PATTERN = "gpt2"

@@ -16,9 +16,9 @@ from __future__ import annotations
 import ast
 import sys
 import textwrap
+from collections.abc import Callable
 from inspect import getsource
 from pathlib import Path
-from typing import Callable
 
 import torch
 

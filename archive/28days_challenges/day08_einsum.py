@@ -25,8 +25,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from utils.io import is_smoke
 from utils import exercises
+from utils.io import is_smoke
 from utils.torch_playground import time_block
 
 

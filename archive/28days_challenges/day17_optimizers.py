@@ -28,8 +28,8 @@ import math
 
 import torch
 
-from utils.io import is_smoke
 from utils import exercises
+from utils.io import is_smoke
 
 
 # =============================================================================

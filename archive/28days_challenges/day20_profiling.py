@@ -33,8 +33,8 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from utils.io import is_smoke
 from utils import exercises
+from utils.io import is_smoke
 from utils.torch_playground import benchmark
 
 

@@ -32,8 +32,8 @@ import torch._dynamo as dynamo
 import torch.nn as nn
 import torch.nn.functional as F
 
-from utils.io import is_smoke
 from utils import exercises
+from utils.io import is_smoke
 from utils.torch_playground import benchmark, time_block
 
 # 自检默认用 aot_eager：真正经过 Dynamo 与 AOTAutograd，却不需要 C++ 编译器，编译零点几秒；

@@ -29,9 +29,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from utils.io import is_smoke
 from utils import exercises
-
+from utils.io import is_smoke
 
 # =============================================================================
 # 练习（函数体就是参考解答；想自己做，就把函数体换成 raise NotImplementedError 再运行本文件）

@@ -29,8 +29,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from utils.io import is_smoke
 from utils import exercises
+from utils.io import is_smoke
 from utils.torch_playground import benchmark
 
 

@@ -34,15 +34,15 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
-from torch.nn import functional as F  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+from tqdm.auto import tqdm
 
-from utils.io import is_smoke, output_path  # noqa: E402
-from utils.torch_playground import get_device, setup_seed, time_block  # noqa: E402
+from utils.io import is_smoke, output_path
+from utils.torch_playground import get_device, setup_seed, time_block
 
 STAGES = ("bigram", "single_head", "multi_head", "ffn", "blocks")
 

@@ -19,12 +19,12 @@ from __future__ import annotations
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
 
-from utils.io import is_smoke, output_path  # noqa: E402
-from utils.torch_playground import setup_seed  # noqa: E402
+from utils.io import is_smoke, output_path
+from utils.torch_playground import setup_seed
 
 SMOKE = is_smoke()
 X_DATA = np.array([1.0, 2.0, 3.0])

@@ -21,13 +21,13 @@ from __future__ import annotations
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import matplotlib.pyplot as plt
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
-from utils.io import is_smoke, output_path  # noqa: E402
-from utils.torch_playground import setup_seed  # noqa: E402
+from utils.io import is_smoke, output_path
+from utils.torch_playground import setup_seed
 
 SMOKE = is_smoke()
 X_DATA = torch.tensor([[1.0], [2.0], [3.0]])

@@ -30,15 +30,15 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
 
-from utils.io import data_dir, is_smoke, output_path  # noqa: E402
-from utils.torch_playground import setup_seed  # noqa: E402
+from utils.io import data_dir, is_smoke, output_path
+from utils.torch_playground import setup_seed
 
 SMOKE = is_smoke()
 EPOCHS = 3 if SMOKE else 30

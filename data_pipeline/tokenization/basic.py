@@ -19,14 +19,9 @@
 
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
 
-if __package__ in (None, ""):  # 以 `python data_pipeline/tokenization/basic.py` 运行时让仓库根目录可导入
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from utils.io import is_smoke  # noqa: E402
+from utils.io import is_smoke
 
 
 def count_pairs(ids: list[int], counts: dict[tuple[int, int], int] | None = None, weight: int = 1) -> dict:

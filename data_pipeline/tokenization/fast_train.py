@@ -32,16 +32,13 @@ import heapq
 import os
 import sys
 from collections import Counter
+from collections.abc import Iterable
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Iterable
 
-if __package__ in (None, ""):  # 以脚本运行时让仓库根目录可导入
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import regex
 
-import regex  # noqa: E402
-
-from data_pipeline.tokenization.regex_bpe import (  # noqa: E402
+from data_pipeline.tokenization.regex_bpe import (
     GPT2_PATTERN,
     GPT4_PATTERN,
     check_special_tokens,

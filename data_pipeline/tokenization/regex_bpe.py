@@ -19,18 +19,13 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from collections import Counter
-from pathlib import Path
-from typing import Iterable
+from collections.abc import Iterable
 
-if __package__ in (None, ""):  # 以脚本运行时让仓库根目录可导入
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import regex
 
-import regex  # noqa: E402  标准库 re 不支持 \p{L} 这类 Unicode 属性，tiktoken 的 pattern 需要它
-
-from utils.io import is_smoke  # noqa: E402
+from utils.io import is_smoke
 
 # GPT-2 的预分词 pattern：英语缩写 | 可带一个前导空格的字母串 / 数字串 / 其他符号串 | 空白。
 # `\s+(?!\S)` 让一串空白的最后一个空格留给下一个单词，于是 " world" 作为整体出现（前导空格属于单词）。

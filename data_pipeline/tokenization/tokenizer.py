@@ -30,21 +30,17 @@ from __future__ import annotations
 import gc
 import json
 import os
-import sys
+from collections.abc import Iterable, Iterator
 from itertools import chain
 from pathlib import Path
-from typing import Iterable, Iterator
 
-if __package__ in (None, ""):  # 以脚本运行时让仓库根目录可导入
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from data_pipeline.tokenization.regex_bpe import (  # noqa: E402
+from data_pipeline.tokenization.regex_bpe import (
     GPT2_PATTERN,
     check_special_tokens,
     compile_pattern,
     special_regex,
 )
-from utils.io import atomic_path, atomic_write  # noqa: E402
+from utils.io import atomic_path, atomic_write
 
 FORMAT_NAME = "llm-hardcore-bpe"
 FORMAT_VERSION = 1
@@ -292,7 +288,7 @@ class Tokenizer:
         return atomic_write(path, json.dumps(self.to_dict(), ensure_ascii=False, indent=0))
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Tokenizer":
+    def load(cls, path: str | os.PathLike) -> Tokenizer:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
         if data.get("format") != FORMAT_NAME or data.get("version") != FORMAT_VERSION:
             raise ValueError(

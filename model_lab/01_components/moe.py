@@ -52,13 +52,13 @@ from dataclasses import dataclass, replace
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
+import matplotlib.pyplot as plt
+import torch
+import torch.nn.functional as F
+from torch import nn
 
-from utils.io import is_smoke, output_path  # noqa: E402
-from utils.torch_playground import benchmark, setup_seed  # noqa: E402
+from utils.io import is_smoke, output_path
+from utils.torch_playground import benchmark, setup_seed
 
 
 @dataclass

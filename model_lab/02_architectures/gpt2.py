@@ -24,7 +24,6 @@ import dataclasses
 import json
 import math
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,11 +32,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-if __package__ in (None, ""):  # 以脚本方式运行（python model_lab/02_architectures/gpt2.py）时让仓库根目录可导入
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from model_lab.generation import sample_next_token  # noqa: E402
-from utils.io import atomic_path, atomic_write  # noqa: E402
+from model_lab.generation import sample_next_token
+from utils.io import atomic_path, atomic_write
 
 __all__ = ["Conv1D", "GPT2", "GPT2Config", "KVCache"]
 
@@ -129,7 +125,7 @@ class GPT2Config:
         return self.n_inner if self.n_inner is not None else 4 * self.n_embd
 
     @classmethod
-    def from_dict(cls, d: dict) -> "GPT2Config":
+    def from_dict(cls, d: dict) -> GPT2Config:
         """从普通 dict 构造；拼错的键（如 "n_embed"）直接报错，而不是被悄悄忽略、训出另一个模型。"""
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - fields)
@@ -396,7 +392,7 @@ class GPT2(nn.Module):
           - 2·N_matmul：每个矩阵参数（c_attn、c_proj、c_fc、lm_head）对每个 token 做一次乘加；
             嵌入查表、LayerNorm、GELU、bias 不计（它们不是 GEMM，占比 < 1%）；
           - 4·n_layer·T·C：每层 q·kᵀ 与 att·v 各 2·T·C。按 PaLM 附录 B 的口径算满 T（不因因果掩码减半），
-            与 torch.utils.flop_counter 对注意力矩阵乘的计法一致（tests/test_gpt2.py 用它核对）。
+            与 torch.utils.flop_counter 对注意力矩阵乘的计法一致（tests/model_lab/test_gpt2.py 用它核对）。
         backward=True（训练）时乘 3：反向对激活、对权重各要一次与前向等量的 GEMM；backward=False 只算前向（推理）。
         """
         T = seq_len
@@ -546,7 +542,7 @@ class GPT2(nn.Module):
     # ---- 与 Hugging Face 目录互相读写 ----
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, device: torch.device | str = "cpu",
-                        dtype: torch.dtype = torch.float32) -> "GPT2":
+                        dtype: torch.dtype = torch.float32) -> GPT2:
         """加载 `transformers.GPT2LMHeadModel.save_pretrained` 写的目录（config.json + safetensors）。
 
         处理 HF 目录的几种常见情形：lm_head.weight 因为与 wte 共享而没存；老 checkpoint 里有
@@ -646,7 +642,6 @@ def main() -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
     import transformers
 
     from utils.io import is_smoke, output_path

@@ -20,20 +20,17 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-if __package__ in (None, ""):  # `python model_lab/02_architectures/llama.py`：把仓库根放进 sys.path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from model_lab.generation import sample_next_token, validate_sampling_args  # noqa: E402
-from utils.io import atomic_path, atomic_write, is_smoke  # noqa: E402
+from model_lab.generation import sample_next_token, validate_sampling_args
+from utils.io import atomic_path, atomic_write, is_smoke
 
 __all__ = [
     "ATTENTION_BACKENDS",

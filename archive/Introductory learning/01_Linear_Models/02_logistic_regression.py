@@ -26,14 +26,14 @@ from __future__ import annotations
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
-from utils.io import is_smoke, output_path  # noqa: E402
-from utils.torch_playground import setup_seed, time_block  # noqa: E402
+from utils.io import is_smoke, output_path
+from utils.torch_playground import setup_seed, time_block
 
 SMOKE = is_smoke()
 N_SAMPLES = 100 if SMOKE else 600

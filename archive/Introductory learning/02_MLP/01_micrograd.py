@@ -27,18 +27,18 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from sklearn.datasets import make_moons  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from sklearn.datasets import make_moons
 
-from utils.io import is_smoke, output_path  # noqa: E402
-from utils.torch_playground import setup_seed, time_block  # noqa: E402
+from utils.io import is_smoke, output_path
+from utils.torch_playground import setup_seed, time_block
 
 SMOKE = is_smoke()
 N_SAMPLES = 20 if SMOKE else 60
@@ -54,7 +54,7 @@ class Value:
 
     __slots__ = ("data", "grad", "_backward", "_prev", "_op")
 
-    def __init__(self, data: float, _prev: tuple["Value", ...] = (), _op: str = ""):
+    def __init__(self, data: float, _prev: tuple[Value, ...] = (), _op: str = ""):
         if isinstance(data, Value):
             raise TypeError("Value(Value(...)) 没有意义：直接使用那个 Value 即可")
         self.data = float(data)
@@ -64,7 +64,7 @@ class Value:
         self._op = _op
 
     @staticmethod
-    def _wrap(other) -> "Value":
+    def _wrap(other) -> Value:
         if isinstance(other, Value):
             return other
         if isinstance(other, (int, float)) and not isinstance(other, bool):
@@ -72,7 +72,7 @@ class Value:
         raise TypeError(f"Value 只能与 Value / int / float 运算，收到 {type(other).__name__}")
 
     # ---- 基本运算：每个都返回新节点，并定义"把上游梯度乘上局部导数、累加到输入"的闭包
-    def __add__(self, other) -> "Value":
+    def __add__(self, other) -> Value:
         other = self._wrap(other)
         out = Value(self.data + other.data, (self, other), "+")
 
@@ -83,7 +83,7 @@ class Value:
         out._backward = _backward
         return out
 
-    def __mul__(self, other) -> "Value":
+    def __mul__(self, other) -> Value:
         other = self._wrap(other)
         out = Value(self.data * other.data, (self, other), "*")
 
@@ -94,7 +94,7 @@ class Value:
         out._backward = _backward
         return out
 
-    def __pow__(self, k) -> "Value":
+    def __pow__(self, k) -> Value:
         if isinstance(k, Value) or not isinstance(k, (int, float)) or isinstance(k, bool):
             raise TypeError("只支持常数指数 a ** k（k 为 int/float）；变量指数请写成 (k * a.log()).exp()")
         if self.data == 0 and k < 0:
@@ -109,7 +109,7 @@ class Value:
         out._backward = _backward
         return out
 
-    def exp(self) -> "Value":
+    def exp(self) -> Value:
         out = Value(math.exp(self.data), (self,), "exp")
 
         def _backward():
@@ -118,7 +118,7 @@ class Value:
         out._backward = _backward
         return out
 
-    def log(self) -> "Value":
+    def log(self) -> Value:
         if self.data <= 0:
             raise ValueError(f"log 的输入必须 > 0，收到 {self.data}；概率请先加 eps 或改用 log-softmax")
         out = Value(math.log(self.data), (self,), "log")
@@ -129,7 +129,7 @@ class Value:
         out._backward = _backward
         return out
 
-    def tanh(self) -> "Value":
+    def tanh(self) -> Value:
         t = math.tanh(self.data)
         out = Value(t, (self,), "tanh")
 
@@ -139,7 +139,7 @@ class Value:
         out._backward = _backward
         return out
 
-    def relu(self) -> "Value":
+    def relu(self) -> Value:
         out = Value(self.data if self.data > 0 else 0.0, (self,), "relu")
 
         def _backward():
@@ -149,25 +149,25 @@ class Value:
         return out
 
     # ---- 由基本运算组合出来的运算：不需要自己的 _backward
-    def __neg__(self) -> "Value":
+    def __neg__(self) -> Value:
         return self * -1
 
-    def __sub__(self, other) -> "Value":
+    def __sub__(self, other) -> Value:
         return self + (-self._wrap(other))
 
-    def __truediv__(self, other) -> "Value":
+    def __truediv__(self, other) -> Value:
         return self * self._wrap(other) ** -1
 
-    def __radd__(self, other) -> "Value":  # 3 + v：int 不认识 Value，Python 转而调用 v.__radd__(3)
+    def __radd__(self, other) -> Value:  # 3 + v：int 不认识 Value，Python 转而调用 v.__radd__(3)
         return self + other
 
-    def __rmul__(self, other) -> "Value":
+    def __rmul__(self, other) -> Value:
         return self * other
 
-    def __rsub__(self, other) -> "Value":
+    def __rsub__(self, other) -> Value:
         return self._wrap(other) - self
 
-    def __rtruediv__(self, other) -> "Value":
+    def __rtruediv__(self, other) -> Value:
         return self._wrap(other) / self
 
     # ---- 反向传播

@@ -32,20 +32,20 @@ import argparse
 import gzip
 import math
 import struct
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from sklearn.datasets import load_digits  # noqa: E402
-from threadpoolctl import threadpool_limits  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from sklearn.datasets import load_digits
+from threadpoolctl import threadpool_limits
 
-from utils.io import data_dir, is_smoke, output_path  # noqa: E402
-from utils.torch_playground import setup_seed, time_block  # noqa: E402
+from utils.io import data_dir, is_smoke, output_path
+from utils.torch_playground import setup_seed, time_block
 
 SMOKE = is_smoke()
 
@@ -99,7 +99,7 @@ class Tensor:
 
     __array_priority__ = 1000  # 让 ndarray + Tensor 调用 Tensor.__radd__，而不是 numpy 逐元素地吞掉 Tensor
 
-    def __init__(self, data, requires_grad: bool = False, _prev: tuple["Tensor", ...] = (), _op: str = ""):
+    def __init__(self, data, requires_grad: bool = False, _prev: tuple[Tensor, ...] = (), _op: str = ""):
         if isinstance(data, Tensor):
             raise TypeError("Tensor(Tensor(...)) 没有意义：直接使用那个 Tensor，或用 t.data 取出数组")
         arr = np.asarray(data)
@@ -136,7 +136,7 @@ class Tensor:
         return f"Tensor(shape={self.shape}, op={self._op or 'leaf'}, requires_grad={self.requires_grad})"
 
     # ---- 建图的工具
-    def _lift(self, other) -> "Tensor":
+    def _lift(self, other) -> Tensor:
         if isinstance(other, Tensor):
             return other
         if isinstance(other, (int, float, np.ndarray, np.number)) and not isinstance(other, bool):
@@ -144,7 +144,7 @@ class Tensor:
         raise TypeError(f"Tensor 只能与 Tensor / 数 / ndarray 运算，收到 {type(other).__name__}")
 
     @staticmethod
-    def _make(data: np.ndarray, parents: tuple["Tensor", ...], op: str, backward) -> "Tensor":
+    def _make(data: np.ndarray, parents: tuple[Tensor, ...], op: str, backward) -> Tensor:
         if not any(p.requires_grad for p in parents):  # 没人需要梯度就不记图：推理时不保留中间结果，省内存
             return Tensor(data, _op=op)
         out = Tensor(data, requires_grad=True, _prev=parents, _op=op)
@@ -158,48 +158,48 @@ class Tensor:
         self.grad = np.array(grad, copy=True) if self.grad is None else self.grad + grad
 
     # ---- 逐元素二元运算（带广播）
-    def __add__(self, other) -> "Tensor":
+    def __add__(self, other) -> Tensor:
         other = self._lift(other)
         broadcast_shape(self.shape, other.shape, "add")
         return self._make(self.data + other.data, (self, other), "add",
                           lambda g: (self._accumulate(g), other._accumulate(g)))
 
-    def __mul__(self, other) -> "Tensor":
+    def __mul__(self, other) -> Tensor:
         other = self._lift(other)
         broadcast_shape(self.shape, other.shape, "mul")
         a, b = self.data, other.data
         return self._make(a * b, (self, other), "mul",
                           lambda g: (self._accumulate(g * b), other._accumulate(g * a)))
 
-    def __pow__(self, k) -> "Tensor":
+    def __pow__(self, k) -> Tensor:
         if isinstance(k, Tensor) or not isinstance(k, (int, float)) or isinstance(k, bool):
             raise TypeError("只支持常数指数 x ** k（k 为 int/float）；变量指数请写成 (k * x.log()).exp()")
         a = self.data
         return self._make(a**k, (self,), f"pow{k}", lambda g: self._accumulate(g * k * a ** (k - 1)))
 
-    def __neg__(self) -> "Tensor":
+    def __neg__(self) -> Tensor:
         return self * -1.0
 
-    def __sub__(self, other) -> "Tensor":
+    def __sub__(self, other) -> Tensor:
         return self + (-self._lift(other))
 
-    def __truediv__(self, other) -> "Tensor":
+    def __truediv__(self, other) -> Tensor:
         return self * self._lift(other) ** -1
 
-    def __radd__(self, other) -> "Tensor":
+    def __radd__(self, other) -> Tensor:
         return self._lift(other) + self
 
-    def __rmul__(self, other) -> "Tensor":
+    def __rmul__(self, other) -> Tensor:
         return self._lift(other) * self
 
-    def __rsub__(self, other) -> "Tensor":
+    def __rsub__(self, other) -> Tensor:
         return self._lift(other) - self
 
-    def __rtruediv__(self, other) -> "Tensor":
+    def __rtruediv__(self, other) -> Tensor:
         return self._lift(other) / self
 
     # ---- 矩阵乘法
-    def __matmul__(self, other) -> "Tensor":
+    def __matmul__(self, other) -> Tensor:
         other = self._lift(other)
         a, b = self.data, other.data
         if a.ndim == 0 or b.ndim == 0:
@@ -228,7 +228,7 @@ class Tensor:
         return self._make(a @ b, (self, other), "matmul", backward)
 
     # ---- 归约
-    def sum(self, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> "Tensor":
+    def sum(self, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> Tensor:
         axes = _normalize_axes(axis, self.ndim)
         shape = self.shape
 
@@ -240,13 +240,13 @@ class Tensor:
 
         return self._make(self.data.sum(axis=axes, keepdims=keepdims), (self,), "sum", backward)
 
-    def mean(self, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> "Tensor":
+    def mean(self, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> Tensor:
         axes = _normalize_axes(axis, self.ndim)
         count = math.prod(self.shape[a] for a in axes)
         return self.sum(axes, keepdims) * (1.0 / count)
 
     # ---- 变形与索引
-    def reshape(self, *shape) -> "Tensor":
+    def reshape(self, *shape) -> Tensor:
         shape = tuple(shape[0]) if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
         try:
             out = self.data.reshape(shape)
@@ -255,7 +255,7 @@ class Tensor:
         old = self.shape
         return self._make(out, (self,), "reshape", lambda g: self._accumulate(g.reshape(old)))
 
-    def transpose(self, *axes) -> "Tensor":
+    def transpose(self, *axes) -> Tensor:
         """与 numpy 相同：不给 axes 时反转所有维度；给了就是一个排列（等价于 torch.permute）。"""
         axes = tuple(axes[0]) if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else axes
         axes = axes or tuple(reversed(range(self.ndim)))
@@ -266,10 +266,10 @@ class Tensor:
                           lambda g: self._accumulate(g.transpose(inverse)))
 
     @property
-    def T(self) -> "Tensor":
+    def T(self) -> Tensor:
         return self.transpose()
 
-    def __getitem__(self, idx) -> "Tensor":
+    def __getitem__(self, idx) -> Tensor:
         def as_index(i):  # 允许用 Tensor 当下标（取其整数值）
             return i.data.astype(np.int64) if isinstance(i, Tensor) else i
 
@@ -284,26 +284,26 @@ class Tensor:
         return self._make(self.data[idx], (self,), "getitem", backward)
 
     # ---- 逐元素一元函数
-    def exp(self) -> "Tensor":
+    def exp(self) -> Tensor:
         y = np.exp(self.data)
         return self._make(y, (self,), "exp", lambda g: self._accumulate(g * y))
 
-    def log(self) -> "Tensor":
+    def log(self) -> Tensor:
         a = self.data
         with np.errstate(divide="ignore", invalid="ignore"):  # 与 PyTorch 一致：log(0) = −inf，log(负数) = nan
             y = np.log(a)
         return self._make(y, (self,), "log", lambda g: self._accumulate(g / a))
 
-    def tanh(self) -> "Tensor":
+    def tanh(self) -> Tensor:
         y = np.tanh(self.data)
         return self._make(y, (self,), "tanh", lambda g: self._accumulate(g * (1.0 - y * y)))
 
-    def relu(self) -> "Tensor":
+    def relu(self) -> Tensor:
         mask = self.data > 0  # x = 0 处导数取 0，与 PyTorch 相同
         return self._make(self.data * mask, (self,), "relu", lambda g: self._accumulate(g * mask))
 
     # ---- softmax 家族：减去最大值防溢出（softmax(x) = softmax(x − c) 对任意常数 c 成立）
-    def softmax(self, axis: int = -1) -> "Tensor":
+    def softmax(self, axis: int = -1) -> Tensor:
         (ax,) = _normalize_axes(axis, self.ndim)
         e = np.exp(self.data - self.data.max(axis=ax, keepdims=True))
         s = e / e.sum(axis=ax, keepdims=True)
@@ -311,7 +311,7 @@ class Tensor:
         return self._make(s, (self,), "softmax",
                           lambda g: self._accumulate(s * (g - (g * s).sum(axis=ax, keepdims=True))))
 
-    def log_softmax(self, axis: int = -1) -> "Tensor":
+    def log_softmax(self, axis: int = -1) -> Tensor:
         (ax,) = _normalize_axes(axis, self.ndim)
         shifted = self.data - self.data.max(axis=ax, keepdims=True)
         lse = np.log(np.exp(shifted).sum(axis=ax, keepdims=True))

@@ -34,17 +34,17 @@ LSTM 的细胞状态 ∂c_k/∂c_{k−1} = diag(f_k)，是逐元素的门控而�
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
+import matplotlib.pyplot as plt
+import torch
+import torch.nn as nn
 
-from utils.io import is_smoke, output_path  # noqa: E402
-from utils.torch_playground import setup_seed, time_block  # noqa: E402
+from utils.io import is_smoke, output_path
+from utils.torch_playground import setup_seed, time_block
 
 SMOKE = is_smoke()
 SEQ_LEN = 20 if SMOKE else 50  # 梯度流动图的序列长度

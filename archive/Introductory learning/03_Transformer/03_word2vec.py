@@ -36,13 +36,13 @@ import re
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch.nn import functional as F  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from torch.nn import functional as F
 
-from utils.io import is_smoke, output_path  # noqa: E402
-from utils.torch_playground import setup_seed, time_block  # noqa: E402
+from utils.io import is_smoke, output_path
+from utils.torch_playground import setup_seed, time_block
 
 SMOKE = is_smoke()
 VOCAB_SIZE = 500 if SMOKE else 5000  # 只保留最常见的这么多个词，其余丢弃
@@ -208,8 +208,9 @@ def pca_2d(x: torch.Tensor) -> torch.Tensor:
 
 
 def main() -> None:
-    from data_pipeline.corpora import load_corpus
     from sklearn.decomposition import PCA
+
+    from data_pipeline.corpora import load_corpus
 
     setup_seed()
     print("== 1. 手推梯度 vs autograd ==")

@@ -33,13 +33,13 @@ from dataclasses import dataclass
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
-from torch.nn import functional as F  # noqa: E402
+import matplotlib.pyplot as plt
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
 
-from utils.io import is_smoke, output_path  # noqa: E402
-from utils.torch_playground import setup_seed, time_block  # noqa: E402
+from utils.io import is_smoke, output_path
+from utils.torch_playground import setup_seed, time_block
 
 SMOKE = is_smoke()
 PAD, BOS, EOS = 0, 1, 2

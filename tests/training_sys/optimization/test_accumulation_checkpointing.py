@@ -5,8 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from training_sys.optimization import (DynamicLossScaler, accumulate_gradients, checkpoint, cross_entropy,
-                                       saved_activation_bytes, split_micro_batches)
+from training_sys.optimization import (
+    DynamicLossScaler,
+    accumulate_gradients,
+    checkpoint,
+    cross_entropy,
+    saved_activation_bytes,
+    split_micro_batches,
+)
 from training_sys.optimization.activation_checkpointing import Stack, run_mode
 from training_sys.optimization.grad_accumulation import TinyLM, grads_of, max_diff
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -20,7 +20,7 @@ TRAIN_TEXT = (
 ) * 30
 
 
-@lru_cache(maxsize=None)
+@cache
 def make_tokenizer(pattern: str, with_specials: bool) -> Tokenizer:
     specials = SPECIALS if with_specials else []
     vocab, merges = train_bpe_naive(TRAIN_TEXT, 256 + len(specials) + 100, specials, pattern=pattern)

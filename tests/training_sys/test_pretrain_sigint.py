@@ -1,5 +1,5 @@
 """真正的 Ctrl-C：在子进程里跑命令行，训练中途发 SIGINT，检查它做完当前一步、存下完整的 checkpoint、以 130 退出，
-并且这个 checkpoint 能接着训练（步数连续）。逐位一致由 tests/test_pretrain.py 的进程内测试证明。"""
+并且这个 checkpoint 能接着训练（步数连续）。逐位一致由 tests/training_sys/test_pretrain.py 的进程内测试证明。"""
 
 from __future__ import annotations
 

@@ -7,8 +7,15 @@ import torch
 import torch.nn.functional as F
 from transformers import optimization as hf
 
-from training_sys.optimization import (AdamW, DynamicLossScaler, accumulate_gradients, autocast_context,
-                                       clip_grad_norm, cosine_schedule, split_micro_batches)
+from training_sys.optimization import (
+    AdamW,
+    DynamicLossScaler,
+    accumulate_gradients,
+    autocast_context,
+    clip_grad_norm,
+    cosine_schedule,
+    split_micro_batches,
+)
 from training_sys.optimization.grad_accumulation import TinyLM
 
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from hypothesis.extra.numpy import arrays, array_shapes, mutually_broadcastable_shapes
+from hypothesis.extra.numpy import array_shapes, arrays, mutually_broadcastable_shapes
 
 from tests.conftest import load_script
 
