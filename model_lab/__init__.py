@@ -4,13 +4,12 @@
 其他阶段只写 `from model_lab import Llama, LlamaConfig, GPT2, GPT2Config`，
 由本文件用 importlib 去加载编号目录里的模块。
 
-导入 model_lab 本身很便宜：真正的模块在第一次访问某个名字时才加载（PEP 562 的模块级 __getattr__）。
+导入 model_lab 本身很便宜：真正的模块在第一次访问某个名字时才加载（PEP 562 的模块级 __getattr__，见 utils/lazy.py）。
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from utils.lazy import lazy_exports
 
 # 公开名字 -> 定义它的模块
 _EXPORTS = {
@@ -22,15 +21,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    module_name = _EXPORTS.get(name)
-    if module_name is None:
-        raise AttributeError(f"module 'model_lab' has no attribute {name!r}; 可用的名字：{', '.join(__all__)}")
-    value = getattr(importlib.import_module(module_name), name)
-    globals()[name] = value  # 缓存：之后的访问不再经过 __getattr__
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)

@@ -11,13 +11,13 @@
    tokenizer.py   —— Tokenizer：编码 / 解码 / 流式编码 / 保存加载 / 导出 tiktoken 与 HF
    __main__.py    —— 命令行：python -m data_pipeline.tokenization train|encode
 
-名字按需导入（PEP 562 的模块级 __getattr__）：`import data_pipeline.tokenization` 本身不加载任何子模块，
+名字按需导入（PEP 562 的模块级 __getattr__，见 utils/lazy.py）：`import data_pipeline.tokenization` 本身不加载任何子模块，
 `python -m data_pipeline.tokenization.fast_train` 这样运行一课时也不会出现"模块已被导入"的警告。
 """
 
 from __future__ import annotations
 
-import importlib
+from utils.lazy import lazy_exports
 
 _EXPORTS = {
     "train_bpe": "fast_train",
@@ -29,14 +29,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    globals()[name] = value  # 之后直接命中，不再走 __getattr__
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS, relative=True)

@@ -23,14 +23,13 @@
 
 交叉熵的模块叫 cross_entropy_loss.py 而不是 cross_entropy.py：子模块与函数同名时，
 导入子模块会把包的 cross_entropy 属性覆盖成模块对象。
-导入本包很便宜：真正的模块在第一次访问某个名字时才加载（PEP 562 的模块级 __getattr__），
+导入本包很便宜：真正的模块在第一次访问某个名字时才加载（PEP 562 的模块级 __getattr__，见 utils/lazy.py），
 这样 `python -m training_sys.optimization.adamw` 也不会先把 adamw 当普通模块导入一遍。
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from utils.lazy import lazy_exports
 
 # 公开名字 -> 定义它的模块（相对本包）
 _EXPORTS = {
@@ -59,17 +58,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    module_name = _EXPORTS.get(name)
-    if module_name is None:
-        raise AttributeError(
-            f"module 'training_sys.optimization' has no attribute {name!r}; 可用的名字：{', '.join(__all__)}"
-        )
-    value = getattr(importlib.import_module(f"{__name__}.{module_name}"), name)
-    globals()[name] = value  # 缓存：之后的访问不再经过 __getattr__
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS, relative=True)
