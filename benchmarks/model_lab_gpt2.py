@@ -41,7 +41,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     # 默认单线程：在几个进程共用的 2 核机器上，2 个 OpenMP 线程互相等对方被调度（barrier），
     # 一步前向+反向能从 0.3 s 抖到 13 s，测到的是调度噪声；单线程的比值稳定。机器空闲时可用 --threads 2
-    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads 的值（默认 1）")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch 的 CPU 线程数（torch.set_num_threads），ours 与 HF 两边相同；默认 %(default)s："
+                             "共享的 2 核机器上单线程的比值最稳定，机器空闲时可以试 2")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     transformers.logging.set_verbosity_error()

@@ -103,7 +103,8 @@ def decode_rows(dtype: torch.dtype, device: str, smoke: bool) -> list[list[str]]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU 线程数（默认不改）。共享的机器上用 1：多线程算子每步都要等最慢的线程，"
+                        help="torch 的 CPU 线程数（torch.set_num_threads），ours 与 HF 两边相同；默认不设置，沿用 PyTorch 的默认值"
+                             "（通常等于 CPU 核数）。共享的机器上用 1：多线程算子每步都要等最慢的线程，"
                              "别的进程抢走一个核时，计时的抖动会比 ours/HF 的差别还大")
     args = parser.parse_args()
     if args.threads:

@@ -142,10 +142,15 @@ def interleaved_ms_per_iter(data, data_path: Path, r: dict, threads: int, rounds
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", default=str(DEFAULT_DATA), help="tiny-shakespeare 文本（nanoGPT 的 input.txt）")
+    parser.add_argument("--data", default=str(DEFAULT_DATA),
+                        help="tiny-shakespeare 文本文件的路径（nanoGPT 的 input.txt），只按路径读取、不复制进仓库；"
+                             "默认 %(default)s；SMOKE=1 时找不到就改用内置的莎士比亚语料")
     parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU 线程数（两边相同）；2 核机器被其他进程占用时 1 个线程最快")
-    parser.add_argument("--muon-lr", type=float, default=0.02)
+                        help="torch 的 CPU 线程数（torch.set_num_threads），参照与 ours 两边相同；默认 %(default)s："
+                             "2 核机器被其他进程占用时 1 个线程最快")
+    parser.add_argument("--muon-lr", type=float, default=0.02,
+                        help="第三个运行（muon）里 Muon 组（隐藏层的二维权重矩阵）的峰值学习率；嵌入、lm_head 与 norm "
+                             "仍由 AdamW 按配方的 lr 更新；默认 %(default)s")
     args = parser.parse_args()
     smoke = is_smoke()
     data_path = Path(args.data)

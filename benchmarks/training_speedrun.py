@@ -28,8 +28,12 @@ LABELS = {"corpus": "1 语料", "tokenizer": "2 训练 BPE 分词器", "shards":
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--preset", default=None, help="默认 cpu（SMOKE=1 时 smoke）")
-    parser.add_argument("--threads", type=int, default=None, help="torch 线程数（默认 PyTorch 的默认值）")
+    parser.add_argument("--preset", default=None,
+                        help="training_sys.speedrun 的预设名：cpu（2 核 CPU 上几分钟）、gpu（需要 CUDA，更大的模型）、"
+                             "smoke（几秒的缩小版）；默认 cpu，SMOKE=1 时 smoke")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch 的 CPU 线程数，交给预训练阶段设置（torch.set_num_threads，同一进程里之后的阶段也沿用）；"
+                             "默认不设置，沿用 PyTorch 的默认值（通常等于 CPU 核数）")
     args = parser.parse_args()
     preset = args.preset or ("smoke" if is_smoke() else "cpu")
 

@@ -586,28 +586,31 @@ def plot_losses(history: dict, title: str) -> Path:
 # =============================================================================
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Let's build GPT：字符级 GPT，从 bigram 一步步搭到完整的 Transformer")
-    p.add_argument("--stage", choices=STAGES, default="blocks", help="训练讲座中的哪一步（默认完整模型 blocks）")
-    p.add_argument("--data", default=None, help="任意 UTF-8 文本文件；默认用内置的莎士比亚语料")
-    p.add_argument("--n_layer", type=int, default=4)
-    p.add_argument("--n_head", type=int, default=4)
-    p.add_argument("--n_embd", type=int, default=32)
-    p.add_argument("--block_size", type=int, default=8)
-    p.add_argument("--batch_size", type=int, default=32)
-    p.add_argument("--dropout", type=float, default=0.0)
-    p.add_argument("--max_iters", type=int, default=5000)
-    p.add_argument("--lr", type=float, default=1e-3, help="峰值学习率")
-    p.add_argument("--min_lr", type=float, default=1e-4, help="cosine 衰减的终点")
-    p.add_argument("--warmup_iters", type=int, default=100)
-    p.add_argument("--beta1", type=float, default=0.9)
+    p.add_argument("--stage", choices=STAGES, default="blocks", help="训练讲座中的哪一步：bigram 基线 → single_head 单头注意力 → multi_head 多头 → ffn 加前馈层"
+                        " → blocks 残差 + LayerNorm 的完整 GPT；默认 %(default)s")
+    p.add_argument("--data", default=None, help="训练文本：任意 UTF-8 文本文件的路径（按字符建词表）；默认用内置的莎士比亚语料（离线，缓存在 data/）")
+    p.add_argument("--n_layer", type=int, default=4, help="Transformer block 的层数（只在 --stage blocks 时用到）；默认 %(default)s")
+    p.add_argument("--n_head", type=int, default=4, help="注意力头数，须整除 --n_embd；默认 %(default)s")
+    p.add_argument("--n_embd", type=int, default=32, help="嵌入维度（每个字符的向量长度）；默认 %(default)s")
+    p.add_argument("--block_size", type=int, default=8, help="上下文长度：最多看前面多少个字符；默认 %(default)s")
+    p.add_argument("--batch_size", type=int, default=32, help="每步多少条长 block_size 的序列；默认 %(default)s")
+    p.add_argument("--dropout", type=float, default=0.0, help="dropout 概率，0 表示关闭；默认 %(default)s")
+    p.add_argument("--max_iters", type=int, default=5000, help="训练步数（优化器更新次数）；默认 %(default)s，SMOKE=1 时最多 10")
+    p.add_argument("--lr", type=float, default=1e-3, help="AdamW 的峰值学习率（warmup 结束时达到）；默认 %(default)s")
+    p.add_argument("--min_lr", type=float, default=1e-4, help="cosine 衰减的终点学习率，须满足 0 < min_lr ≤ lr；默认 %(default)s")
+    p.add_argument("--warmup_iters", type=int, default=100, help="学习率线性 warmup 的步数；默认 %(default)s")
+    p.add_argument("--beta1", type=float, default=0.9, help="AdamW 一阶矩（动量）的衰减率，[0, 1)；默认 %(default)s")
     # 0.99 而不是 Adam 默认的 0.999：每步只有几百个 token，二阶矩用更短的记忆更跟得上（nanoGPT 的注释）
-    p.add_argument("--beta2", type=float, default=0.99)
-    p.add_argument("--weight_decay", type=float, default=0.1)
-    p.add_argument("--grad_clip", type=float, default=1.0, help="梯度范数上限；0 表示不裁剪")
-    p.add_argument("--eval_interval", type=int, default=500)
-    p.add_argument("--eval_iters", type=int, default=200)
-    p.add_argument("--seed", type=int, default=1337)
-    p.add_argument("--device", default="auto", help="auto / cpu / cuda / cuda:N / mps")
-    p.add_argument("--sample_tokens", type=int, default=500, help="训练后生成多少个字符")
+    p.add_argument("--beta2", type=float, default=0.99, help="AdamW 二阶矩的衰减率，[0, 1)；默认 %(default)s")
+    p.add_argument("--weight_decay", type=float, default=0.1,
+                   help="AdamW 的 weight decay，只作用于 2 维及以上的权重（矩阵、嵌入表）；默认 %(default)s")
+    p.add_argument("--grad_clip", type=float, default=1.0, help="全局梯度范数的上限，超过就等比例缩小；0 表示不裁剪；默认 %(default)s")
+    p.add_argument("--eval_interval", type=int, default=500, help="每隔多少步评估一次 train / val loss；默认 %(default)s")
+    p.add_argument("--eval_iters", type=int, default=200,
+                   help="每次评估在多少个随机 batch 上求平均 loss（nanoGPT 的 CPU 配方用 20）；默认 %(default)s")
+    p.add_argument("--seed", type=int, default=1337, help="随机种子（初始化、取 batch、采样）；默认 %(default)s")
+    p.add_argument("--device", default="auto", help="训练设备：auto（CUDA → MPS → CPU）、cpu、cuda、cuda:N、mps；指定的设备不可用时报错；默认 %(default)s")
+    p.add_argument("--sample_tokens", type=int, default=500, help="训练后采样生成多少个字符；默认 %(default)s，SMOKE=1 时最多 50")
     return p
 
 

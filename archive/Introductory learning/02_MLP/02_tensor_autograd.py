@@ -577,10 +577,14 @@ def load_mnist(root: str | Path | None = None):
 # =============================================================================
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="numpy 张量自动微分引擎：训练手写数字 MLP 并与 PyTorch 逐步对照")
-    p.add_argument("--dataset", choices=("digits", "mnist"), default="digits")
-    p.add_argument("--epochs", type=int, default=None, help="默认 digits 30、mnist 5；SMOKE=1 时 1")
-    p.add_argument("--hidden", type=int, default=128)
-    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--dataset", choices=("digits", "mnist"), default="digits",
+                   help="digits：scikit-learn 自带的 8×8 手写数字（离线可用）；mnist：28×28 的 MNIST，"
+                        "需要先把 4 个原始 IDX 文件放进 data/mnist/；默认 %(default)s")
+    p.add_argument("--epochs", type=int, default=None, help="训练多少遍（epoch）整个训练集；默认 digits 30、mnist 5，SMOKE=1 时 1")
+    p.add_argument("--hidden", type=int, default=128,
+                   help="两个隐藏层各自的宽度（神经元个数），MLP 为 输入 → hidden → hidden → 10；默认 %(default)s")
+    p.add_argument("--lr", type=float, default=0.05,
+                   help="SGD（动量 0.9、batch 32）的学习率，numpy 引擎与 PyTorch 参照两边相同；默认 %(default)s")
     return p
 
 
