@@ -19,11 +19,8 @@ import time
 from _common import machine_info, update_results
 
 from training_sys.speedrun import STAGES, Options, run_pipeline
+from training_sys.speedrun_report import STAGE_TITLES
 from utils.io import is_smoke
-
-LABELS = {"corpus": "1 语料", "tokenizer": "2 训练 BPE 分词器", "shards": "2 编码 train.bin / val.bin",
-          "train": "3 预训练", "export": "6 导出 HF 模型目录", "eval": "4 评估（含 unigram 基线）",
-          "samples": "5 样例 + transformers 逐 token 对照", "report": "7 报告"}
 
 
 def main() -> None:
@@ -44,7 +41,7 @@ def main() -> None:
     load_after = " / ".join(f"{x:.1f}" for x in os.getloadavg())
 
     trained, ev = records["train"]["result"], records["eval"]["result"]
-    rows = "\n".join(f"| {LABELS[k]} | {records[k]['seconds']:.1f} |" for k in STAGES)
+    rows = "\n".join(f"| {i} {STAGE_TITLES[k]} | {records[k]['seconds']:.1f} |" for i, k in enumerate(STAGES, 1))
     cfg = trained["config"]
     md = f"""## 端到端运行 `make run`（training_sys/speedrun.py，预设 {preset}）
 

@@ -15,19 +15,21 @@
     tokenizer/  data/  train/               中间产物：分词器、train.bin/val.bin、训练 checkpoint 与 metrics.jsonl
     stages/<阶段>.json                      每个阶段的"指纹"：输入的哈希、产物的 SHA-256、耗时、结果
 
-断点续跑是怎么做到的：每个阶段的输入（上游阶段的指纹 + 本阶段的配置）算一个哈希。一个阶段"已完成" =
-stages/<阶段>.json 存在、记下的输入哈希与这次相同、记下的每个产物都在且 SHA-256 对得上。
-指纹文件在所有产物原子写完之后最后写（也是原子的），所以进程在任何时刻被杀、磁盘在任何时刻写满，
+断点续跑是怎么做到的（通用部分在 training_sys/pipeline.py）：每个阶段的输入（上游阶段的指纹 + 本阶段的配置）
+算一个哈希。一个阶段"已完成" = stages/<阶段>.json 存在、记下的输入哈希与这次相同、记下的每个产物都在且 SHA-256
+对得上。指纹文件在所有产物原子写完之后最后写（也是原子的），所以进程在任何时刻被杀、磁盘在任何时刻写满，
 都不会有"写了一半却被当成完成"的阶段：下次运行从第一个未完成的阶段接着做。训练阶段更进一步：
 被中断的训练从它最后一个 checkpoint 续训（training_sys.pretrain 的逐位续训），而不是从头再来。
 任何上游变化（换语料、改词表大小、改模型）都会改变下游的输入哈希，下游自动重做。
+
+本文件从上往下读：预设与选项 → 各阶段（按执行顺序）→ run_pipeline → 命令行。评估的数学在
+training_sys/evaluation.py（与预训练循环共用），报告的 markdown 模板在 training_sys/speedrun_report.py。
 """
 
 from __future__ import annotations
 
 import argparse
 import errno
-import hashlib
 import json
 import math
 import os
@@ -40,11 +42,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from training_sys.checkpoint import latest_checkpoint, sha256_file
+from training_sys.pipeline import Pipeline, StageInterrupted, digest
 from training_sys.pretrain import TrainConfig, read_metrics
+from training_sys.speedrun_report import render_report
 from utils.io import atomic_path, atomic_write, checkpoints_dir, is_smoke
 
 SPECIAL_TOKENS = ["<|endoftext|>"]
@@ -56,7 +59,7 @@ STAGES = ("corpus", "tokenizer", "shards", "train", "export", "eval", "samples",
 
 
 # ---------------------------------------------------------------------------
-# 1. 预设
+# 1. 预设与选项
 # ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Preset:
@@ -104,84 +107,10 @@ def auto_vocab_size(n_bytes: int) -> int:
     return int(min(32768, max(512, 2 ** round(math.log2(max(n_bytes, 1) / 2000)))))
 
 
-# ---------------------------------------------------------------------------
-# 2. 阶段与指纹
-# ---------------------------------------------------------------------------
-class StageInterrupted(RuntimeError):
-    """一个阶段被中断（Ctrl-C 或回调）：已保存的进度留着，指纹没有写，下次运行从这里接着做。"""
-
-
-def digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()
-
-
-class Pipeline:
-    """按顺序执行阶段；每个阶段完成后写 stages/<名字>.json（指纹）。
-
-    指纹里的 "fingerprint" = 哈希(输入哈希, 每个产物的 SHA-256)，作为下游阶段的输入之一：
-    上游的产物一变，下游的输入哈希就变，链条上后面的阶段全部重做。
-    """
-
-    def __init__(self, run_dir: Path, fresh: bool = False) -> None:
-        self.run_dir = run_dir
-        self.stage_dir = run_dir / "stages"
-        self.records: dict[str, dict[str, Any]] = {}
-        if fresh and self.stage_dir.exists():
-            shutil.rmtree(self.stage_dir)
-
-    def _rel(self, path: Path) -> str:
-        path = Path(path).resolve()
-        root = self.run_dir.resolve()
-        return path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
-
-    def _abs(self, name: str) -> Path:
-        p = Path(name)
-        return p if p.is_absolute() else self.run_dir / p
-
-    def done(self, name: str, inputs: dict[str, Any]) -> dict[str, Any] | None:
-        """已完成则返回记录，否则 None。记录损坏（例如被截断的 JSON）也算未完成。"""
-        path = self.stage_dir / f"{name}.json"
-        try:
-            rec = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-            return None
-        if rec.get("inputs_digest") != digest(inputs):
-            return None
-        for rel, sha in rec.get("outputs", {}).items():
-            p = self._abs(rel)
-            if not p.is_file() or sha256_file(p) != sha:
-                return None
-        return rec
-
-    def stage(self, name: str, inputs: dict[str, Any],
-              fn: Callable[[], tuple[list[Path], dict[str, Any]]]) -> dict[str, Any]:
-        """执行（或跳过）一个阶段。fn() 返回 (产物文件列表, 结果 dict)。"""
-        rec = self.done(name, inputs)
-        if rec is not None:
-            print(f"[{name}] 跳过：产物与指纹一致（上次用时 {rec['seconds']:.1f} s）")
-            rec["skipped"] = True
-        else:
-            print(f"[{name}] 开始")
-            t0 = time.perf_counter()
-            outputs, result = fn()
-            seconds = time.perf_counter() - t0
-            hashes = {self._rel(p): sha256_file(p) for p in outputs}
-            rec = {"stage": name, "inputs": inputs, "inputs_digest": digest(inputs), "outputs": hashes,
-                   "fingerprint": digest([digest(inputs), hashes]), "seconds": seconds, "result": result,
-                   "finished_at": time.strftime("%Y-%m-%d %H:%M:%S")}
-            # 提交点：所有产物都已原子写完，最后原子地写指纹
-            atomic_write(self.stage_dir / f"{name}.json", json.dumps(rec, indent=2, ensure_ascii=False) + "\n")
-            print(f"[{name}] 完成，{seconds:.1f} s")
-            rec["skipped"] = False
-        self.records[name] = rec
-        return rec
-
-
-# ---------------------------------------------------------------------------
-# 3. 各阶段
-# ---------------------------------------------------------------------------
 @dataclass
 class Options:
+    """一次运行的选项，与命令行参数一一对应（见 build_parser）；测试与基准直接构造它。"""
+
     preset: str = "cpu"
     corpus: str = "shakespeare"
     data: str | None = None
@@ -202,6 +131,9 @@ class Options:
         return f"本地文件 {Path(self.data).name}" if self.data else self.corpus
 
 
+# ---------------------------------------------------------------------------
+# 2. 各阶段（按执行顺序；每个阶段的输入 = 上游的 fingerprint + 本阶段的配置，见 training_sys.pipeline）
+# ---------------------------------------------------------------------------
 def hardware_line(device: str) -> str:
     """训练所用硬件的一行描述（CPU 预设在有 GPU 的机器上也只写 CPU）。"""
     if device.startswith("cuda"):
@@ -235,34 +167,31 @@ def stage_corpus(pipe: Pipeline, opts: Options, preset: Preset) -> dict[str, Any
 
 
 def stage_tokenizer(pipe: Pipeline, opts: Options, corpus: dict[str, Any]) -> dict[str, Any]:
-    from data_pipeline.tokenization import Tokenizer, train_bpe
-    from data_pipeline.tokenization.regex_bpe import PATTERNS
+    from data_pipeline.tokenization import Tokenizer
+    from data_pipeline.tokenization.__main__ import train_tokenizer
 
     vocab_size = opts.vocab_size or auto_vocab_size(corpus["result"]["bytes"])
     inputs = {"corpus": corpus["fingerprint"], "vocab_size": vocab_size, "special_tokens": SPECIAL_TOKENS,
               "pattern": PATTERN}
-    out = pipe.run_dir / "tokenizer"
 
     def run() -> tuple[list[Path], dict[str, Any]]:
-        vocab, merges = train_bpe(corpus["result"]["path"], vocab_size, SPECIAL_TOKENS, PATTERNS[PATTERN],
-                                  progress=False)
-        tok = Tokenizer(vocab, merges, SPECIAL_TOKENS, PATTERNS[PATTERN])
-        files = [tok.save(out / "bpe.json"), tok.save_hf(out / "tokenizer.json")]
-        return files, {"vocab_size": tok.vocab_size, "merges": len(merges), "dir": str(out)}
+        out = train_tokenizer(corpus["result"]["path"], pipe.run_dir / "tokenizer", vocab_size, SPECIAL_TOKENS,
+                              PATTERN, progress=False)
+        tok = Tokenizer.load(out / "bpe.json")
+        return [out / "bpe.json", out / "tokenizer.json"], {
+            "vocab_size": tok.vocab_size, "merges": len(tok.merges), "dir": str(out)}
 
     return pipe.stage("tokenizer", inputs, run)
 
 
 def stage_shards(pipe: Pipeline, corpus: dict[str, Any], tokenizer: dict[str, Any]) -> dict[str, Any]:
-    from data_pipeline.tokenization.__main__ import cmd_encode
+    from data_pipeline.tokenization.__main__ import encode_corpus
 
     inputs = {"corpus": corpus["fingerprint"], "tokenizer": tokenizer["fingerprint"], "val_fraction": VAL_FRACTION}
     out = pipe.run_dir / "data"
 
     def run() -> tuple[list[Path], dict[str, Any]]:
-        meta = cmd_encode(argparse.Namespace(tokenizer=str(pipe.run_dir.resolve() / "tokenizer"),
-                                             input=corpus["result"]["path"], corpus=None, out=str(out),
-                                             val_fraction=VAL_FRACTION))
+        meta = encode_corpus(pipe.run_dir.resolve() / "tokenizer", corpus["result"]["path"], out, VAL_FRACTION)
         return [out / "train.bin", out / "val.bin", out / "meta.json"], {
             k: meta[k] for k in ("train_tokens", "val_tokens", "dtype", "bytes", "split_byte")}
 
@@ -351,41 +280,6 @@ def stage_export(pipe: Pipeline, tokenizer: dict[str, Any], trained: dict[str, A
     return pipe.stage("export", inputs, run)
 
 
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, val: np.ndarray, train: np.ndarray, vocab_size: int, block_size: int,
-             max_tokens: int, decode_bytes: Callable[[list[int]], bytes], batch_size: int = 32) -> dict[str, Any]:
-    """验证集上不重叠的 block_size 窗口：模型的 loss 与 bits/byte，以及一元（unigram）基线。
-
-    unigram 基线 = 只知道每个 token 在训练集里出现多频繁、完全不看上下文的模型：
-    p(t) = (count(t) + 1) / (N + V)（加一平滑，没见过的 token 概率也不为 0），交叉熵 = −mean log p(y)。
-    模型比它低多少，就是"看上下文"学到了多少；均匀分布 ln V 是什么都没学的上界。
-    bits/byte = nats/token ÷ ln2 ÷ (被预测 token 的 UTF-8 字节数 / token 数)，与分词器无关，可跨词表比较。
-    """
-    n_windows = min(max_tokens, len(val) - 1) // block_size
-    if n_windows == 0:
-        raise ValueError(f"验证集只有 {len(val)} 个 token，不够一个 block_size={block_size} 的窗口：换更长的语料")
-    n = n_windows * block_size
-    x = torch.from_numpy(np.asarray(val[:n], dtype=np.int64)).view(n_windows, block_size)  # (W, T)
-    y = torch.from_numpy(np.asarray(val[1:n + 1], dtype=np.int64)).view(n_windows, block_size)  # (W, T)
-    device = next(model.parameters()).device
-    nll = 0.0
-    for i in range(0, n_windows, batch_size):
-        logits = model(x[i:i + batch_size].to(device)).float()  # (B, T, V)
-        nll += torch.nn.functional.cross_entropy(logits.flatten(0, 1), y[i:i + batch_size].flatten().to(device),
-                                                 reduction="sum").item()
-    counts = np.bincount(np.asarray(train), minlength=vocab_size).astype(np.float64) + 1.0
-    log_p = np.log(counts / counts.sum())
-    targets = y.flatten().numpy()
-    bytes_per_token = len(decode_bytes(targets.tolist())) / n
-    to_bpb = 1 / math.log(2) / bytes_per_token
-    model_loss, unigram_loss, uniform_loss = nll / n, float(-log_p[targets].mean()), math.log(vocab_size)
-    return {"tokens": n, "bytes_per_token": bytes_per_token,
-            "model_loss": model_loss, "model_bpb": model_loss * to_bpb,
-            "unigram_loss": unigram_loss, "unigram_bpb": unigram_loss * to_bpb,
-            "uniform_loss": uniform_loss, "uniform_bpb": uniform_loss * to_bpb,
-            "perplexity": math.exp(model_loss), "unigram_perplexity": math.exp(unigram_loss)}
-
-
 def stage_eval(pipe: Pipeline, preset: Preset, shards: dict[str, Any], export: dict[str, Any]) -> dict[str, Any]:
     inputs = {"export": export["fingerprint"], "shards": shards["fingerprint"], "max_tokens": preset.eval_tokens}
 
@@ -393,6 +287,7 @@ def stage_eval(pipe: Pipeline, preset: Preset, shards: dict[str, Any], export: d
         from data_pipeline.tokenization import Tokenizer
         from model_lab import Llama
         from training_sys.data import load_token_shards
+        from training_sys.evaluation import evaluate
 
         # 从导出的 HF 目录加载（而不是训练里的内存对象）：评估的就是交付出去的那份权重
         device = "cuda" if preset.needs_gpu else "cpu"
@@ -451,135 +346,19 @@ def stage_samples(pipe: Pipeline, preset: Preset, export: dict[str, Any]) -> dic
     return pipe.stage("samples", inputs, run)
 
 
-# ---------------------------------------------------------------------------
-# 4. 报告
-# ---------------------------------------------------------------------------
-def _block(text: str) -> str:
-    return "```text\n" + text.replace("```", "'''") + "\n```"
-
-
-def render_report(opts: Options, preset: Preset, recs: dict[str, dict[str, Any]]) -> str:
-    corpus, tok, shards, trained = (recs[k]["result"] for k in ("corpus", "tokenizer", "shards", "train"))
-    ev, samples = recs["eval"]["result"], recs["samples"]["result"]["samples"]
-    cfg = trained["config"]
-    total = sum(recs[k]["seconds"] for k in STAGES if k in recs)
-    lines = [
-        f"# 端到端运行报告：{opts.run_name}",
-        "",
-        f"语料 `{opts.corpus_label}` → BPE 分词器（词表 {tok['vocab_size']}）→ Llama（{trained['num_params'] / 1e6:.2f}M 参数，"
-        f"{trained['step']} 步）→ 本目录（Hugging Face 模型目录）。预设 `{opts.preset}`：{preset.description}。",
-        "",
-        "## 配置",
-        "",
-        "| 项目 | 值 |",
-        "|---|---|",
-        f"| 语料 | `{opts.corpus_label}`：{corpus['source']}（使用 {corpus['bytes'] / 1e6:.2f} MB） |",
-        f"| 分词器 | 字节级 BPE，GPT-2 预分词正则，词表 {tok['vocab_size']}，特殊 token `{SPECIAL_TOKENS[0]}` |",
-        f"| 数据 | train {shards['train_tokens']:,} / val {shards['val_tokens']:,} token（后 {VAL_FRACTION:.0%} 字节做验证集），"
-        f"{shards['bytes'] / (shards['train_tokens'] + shards['val_tokens']):.2f} 字节/token |",
-        f"| 模型 | Llama：{cfg['n_layer']} 层，{cfg['n_head']} 头，{cfg['n_embd']} 维，上下文 {cfg['block_size']}，"
-        f"{trained['num_params']:,} 参数 |",
-        f"| 训练 | {cfg['optimizer']}，lr {cfg['lr']:g} → {cfg['min_lr']:g}（{cfg['lr_schedule']}，预热 {cfg['warmup_iters']} 步），"
-        f"batch {cfg['batch_size']}×{cfg['block_size']}，{trained['step']} 步，共 {trained['tokens_seen']:,} token，"
-        f"{cfg['dtype']}，设备 {cfg['device']} |",
-        f"| 硬件 | {trained['hardware']} |",
-        "",
-        "## 各阶段耗时",
-        "",
-        "| 阶段 | 耗时 | 本次 |",
-        "|---|---|---|",
-    ]
-    names = {"corpus": "1 语料", "tokenizer": "2 训练分词器", "shards": "2 编码成 train.bin / val.bin",
-             "train": "3 预训练", "export": "6 导出 HF 模型目录", "eval": "4 评估", "samples": "5 样例 + HF 对照"}
-    for k, label in names.items():
-        r = recs[k]
-        lines.append(f"| {label} | {r['seconds']:.1f} s | {'跳过（指纹一致）' if r['skipped'] else '执行'} |")
-    lines += [
-        f"| **合计** | **{total:.1f} s** | |",
-        "",
-        f"训练吞吐 **{trained['tokens_per_s']:,.0f} tokens/s**（纯训练步，不含评估与保存；训练步合计 {trained['train_seconds']:.1f} s）。"
-        + ("训练曾被中断，从 checkpoint 续训完成。" if trained["resumed"] else ""),
-        "",
-        "## 损失曲线",
-        "",
-        "![loss](loss.png)",
-        "",
-        f"训练结束时（{cfg['eval_iters']} 个随机 batch 的估计）：train loss {trained['final_train_loss']:.4f}，"
-        f"val loss {trained['final_val_loss']:.4f}。",
-        "",
-        "## 评估",
-        "",
-        f"验证集上 {ev['tokens']:,} 个 token（不重叠的 {cfg['block_size']}-token 窗口），{ev['bytes_per_token']:.2f} 字节/token。"
-        "bits/byte 与分词器无关，可以和字符级模型、别的词表直接比较。",
-        "",
-        "| 模型 | loss（nats/token） | 困惑度 | bits/byte |",
-        "|---|---|---|---|",
-        f"| 均匀分布（什么都没学） | {ev['uniform_loss']:.4f} | {math.exp(ev['uniform_loss']):,.0f} | {ev['uniform_bpb']:.4f} |",
-        f"| unigram 基线（只看 token 频率） | {ev['unigram_loss']:.4f} | {ev['unigram_perplexity']:,.1f} | {ev['unigram_bpb']:.4f} |",
-        f"| **我们的 Llama** | **{ev['model_loss']:.4f}** | **{ev['perplexity']:,.1f}** | **{ev['model_bpb']:.4f}** |",
-        "",
-        compare_to_unigram(ev),
-        "",
-        "## 样例",
-        "",
-        f"固定提示词，每个续写 {samples[0]['new_tokens'] if samples else 0} 个 token 以内（KV cache）。贪心解码与 "
-        "`transformers.AutoModelForCausalLM` 加载本目录后的 `generate(do_sample=False)` 逐 token 相同；"
-        "`AutoTokenizer` 对提示词的编码与我们的 Tokenizer 逐 id 相同。",
-        "",
-    ]
-    for s in samples:
-        lines += [f"**提示词** `{s['prompt']!r}`", "", "贪心（temperature=0）：", "", _block(s["prompt"] + s["greedy"]), "",
-                  "采样（temperature=0.8，top_k=50）：", "", _block(s["prompt"] + s["sampled"]), ""]
-    lines += [
-        "## 用起来",
-        "",
-        "```python",
-        "from transformers import AutoModelForCausalLM, AutoTokenizer",
-        f'tok = AutoTokenizer.from_pretrained("{pipe_dir_hint(opts)}")',
-        f'model = AutoModelForCausalLM.from_pretrained("{pipe_dir_hint(opts)}")',
-        'ids = tok("ROMEO:\\n", return_tensors="pt").input_ids',
-        "print(tok.decode(model.generate(ids, max_new_tokens=50, do_sample=False)[0]))",
-        "```",
-        "",
-        "## 下一步",
-        "",
-        "- 再跑一次同样的命令：所有阶段都会被跳过（指纹一致）；加 `--fresh` 全部重来。中途 Ctrl-C 之后再跑，"
-        "训练从最后一个 checkpoint 续训。",
-        "- 更大的模型、更长的训练：`python -m training_sys.speedrun --preset gpu`（需要 CUDA GPU；没有 GPU 会直接报错，不会悄悄退回 CPU）。",
-        "- 只想在 CPU 上多训一会儿：`--max-iters 2000`（训练阶段的指纹变化，只重做训练及其下游）。",
-        "- 换语料：`--corpus tinystories`（约 19 MB，需要下载一次）或 `--corpus tinyshakespeare --data 本地文件.txt`；"
-        "词表大小按语料自动调整，也可以 `--vocab-size 8192`。",
-        "- 逐步训练的细节（优化器、调度、续训）：`python -m training_sys.pretrain --help`；训练日志在 `train/metrics.jsonl`。",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def compare_to_unigram(ev: dict[str, Any]) -> str:
-    gain = ev["unigram_bpb"] - ev["model_bpb"]
-    if gain > 0:
-        return (f"比 unigram 基线低 {gain:.3f} bits/byte（{gain / ev['unigram_bpb']:.0%}）："
-                "这就是模型从上下文里学到的东西。")
-    return (f"比 unigram 基线还高 {-gain:.3f} bits/byte：训练太短，模型连 token 频率都还没学好"
-            "（SMOKE 的规模就是这样；正常预设会远低于基线）。")
-
-
-def pipe_dir_hint(opts: Options) -> str:
-    return f"checkpoints/{opts.run_name}"
-
-
 def stage_report(pipe: Pipeline, opts: Options, preset: Preset) -> dict[str, Any]:
     inputs = {k: pipe.records[k]["fingerprint"] for k in STAGES[:-1]}
 
     def run() -> tuple[list[Path], dict[str, Any]]:
-        path = atomic_write(pipe.run_dir / "report.md", render_report(opts, preset, pipe.records))
+        report = render_report(opts.run_name, opts.corpus_label, opts.preset, preset.description, pipe.records)
+        path = atomic_write(pipe.run_dir / "report.md", report)
         return [path], {"path": str(path)}
 
     return pipe.stage("report", inputs, run)
 
 
 # ---------------------------------------------------------------------------
-# 5. 整条流水线与命令行
+# 3. 整条流水线
 # ---------------------------------------------------------------------------
 def check_options(opts: Options) -> Preset:
     from data_pipeline.corpora import CORPORA
@@ -621,17 +400,30 @@ def run_pipeline(opts: Options, on_step: Callable[[int, dict[str, Any]], bool | 
     return pipe.records
 
 
+# ---------------------------------------------------------------------------
+# 4. 命令行
+# ---------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m training_sys.speedrun", description=__doc__.split("\n")[0])
-    parser.add_argument("--preset", default=None, help=f"{' / '.join(PRESETS)}（默认 cpu；SMOKE=1 时默认 smoke）")
-    parser.add_argument("--corpus", default="shakespeare", help="data_pipeline.corpora 里的语料名")
-    parser.add_argument("--data", default=None, help="本地 UTF-8 文本文件（作为 --corpus 这个名字的内容）")
-    parser.add_argument("--run", default=None, help="输出目录 checkpoints/<run>/（默认 <语料或 --data 的文件名>_<预设>）")
-    parser.add_argument("--vocab-size", type=int, default=None, help="BPE 词表大小（默认按语料大小自动选）")
-    parser.add_argument("--max-iters", type=int, default=None, help="覆盖预设的训练步数")
+    from data_pipeline.corpora import CORPORA
+
+    presets = "；".join(f"{name} = {p.description}" for name, p in PRESETS.items())
+    parser = argparse.ArgumentParser(prog="python -m training_sys.speedrun", description=__doc__.split("\n")[0],
+                                     add_help=False)
+    parser.add_argument("-h", "--help", action="help", help="显示这段帮助并退出")
+    parser.add_argument("--preset", default=None,
+                        help=f"模型规模与训练长度的预设（默认 cpu；SMOKE=1 时默认 smoke）。可选：{presets}")
+    parser.add_argument("--corpus", default="shakespeare",
+                        help=f"data_pipeline.corpora 里注册的语料名（默认 %(default)s；可选 {', '.join(sorted(CORPORA))}）")
+    parser.add_argument("--data", default=None,
+                        help="本地 UTF-8 文本文件的路径，作为 --corpus 这个名字的内容（默认不用，取注册语料）")
+    parser.add_argument("--run", default=None,
+                        help="运行名：产物写到 checkpoints/<run>/（默认 <语料名或 --data 的文件名>_<预设>）")
+    parser.add_argument("--vocab-size", type=int, default=None,
+                        help=f"BPE 词表大小（个 token，至少 {256 + len(SPECIAL_TOKENS)}；默认按语料大小自动选：约每 2000 字节一项，取 2 的幂）")
+    parser.add_argument("--max-iters", type=int, default=None, help="训练步数（正整数；默认用预设的步数）")
     parser.add_argument("--threads", type=int, default=None, help="CPU 上 torch 的线程数（默认 PyTorch 的默认值）")
-    parser.add_argument("--fresh", action="store_true", help="忽略已完成的阶段，全部重做")
-    parser.add_argument("--no-progress", dest="progress", action="store_false", help="不显示训练进度条")
+    parser.add_argument("--fresh", action="store_true", help="删掉全部阶段指纹、不续训，每个阶段都重做（默认关）")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="不显示训练进度条（默认显示）")
     return parser
 
 

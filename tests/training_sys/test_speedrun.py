@@ -1,17 +1,24 @@
-"""端到端运行：SMOKE 规模的全流程产出 transformers 能加载的模型目录，断点续跑、指纹、坏输入。"""
+"""端到端运行：SMOKE 规模的全流程产出 transformers 能加载的模型目录，断点续跑、指纹、报告、命令行帮助、坏输入。
+
+流水线本身（指纹、跳过、中断）的单元测试在 test_pipeline.py，评估的数学在 test_evaluation.py。
+"""
 
 from __future__ import annotations
 
+import argparse
 import errno
 import json
 import math
+import re
+import string
 
-import numpy as np
 import pytest
 import torch
 
 from training_sys import speedrun
-from training_sys.speedrun import Options, Pipeline, StageInterrupted, auto_vocab_size, evaluate, run_pipeline
+from training_sys.pipeline import StageInterrupted
+from training_sys.speedrun import Options, auto_vocab_size, run_pipeline
+from training_sys.speedrun_report import REPORT_TEMPLATE, STAGE_TITLES, render_report, report_fields
 
 STAGES = speedrun.STAGES
 PROBES = ["ROMEO:\nO, she doth teach the torches to burn bright!", "<|endoftext|>KING LEAR:\n  Blow, winds 🙂 生存"]
@@ -97,6 +104,42 @@ def test_report_and_samples(smoke_run):
     assert ev["model_bpb"] == pytest.approx(ev["model_loss"] / math.log(2) / ev["bytes_per_token"])
 
 
+def recorded(run_dir) -> dict[str, dict]:
+    """磁盘上 stages/*.json 里记下的各阶段记录（报告阶段之前的那些），按流水线顺序。"""
+    return {name: json.loads((run_dir / "stages" / f"{name}.json").read_text(encoding="utf-8"))
+            for name in STAGES if name != "report"}
+
+
+def test_report_renders_from_recorded_stage_results(smoke_run):
+    run_dir, _ = smoke_run
+    records = recorded(run_dir)
+    args = ("shakespeare_smoke", "shakespeare", "smoke", speedrun.PRESETS["smoke"].description)
+    report = render_report(*args, records)
+    # 报告只依赖指纹记录：从磁盘上的记录重新渲染，得到与这次运行写出的 report.md 逐字相同的文本
+    assert report == (run_dir / "report.md").read_text(encoding="utf-8")
+    # 模板的每个字段都有值、没有多余的值；没有留下 {...}，数字的位置上没有 None
+    template_fields = {name for _, name, _, _ in string.Formatter().parse(REPORT_TEMPLATE) if name}
+    assert template_fields == set(report_fields(*args, records))
+    assert not re.search(r"\{[^}]*\}", report)
+    assert "None" not in report and "nan" not in report.lower()
+    # 各节按阶段顺序：配置 → 耗时 → 损失曲线（训练）→ 用起来（导出）→ 评估 → 样例 → 下一步
+    headings = re.findall(r"^## (.+)$", report, flags=re.MULTILINE)
+    assert headings == ["配置", "各阶段耗时", "损失曲线", "用起来", "评估", "样例", "下一步"]
+    # 耗时表的编号就是阶段在流水线里的位置（以前的报告把第 6 步排在第 4 步前面）
+    rows = re.findall(r"^\| (\d+) (.+?) \| ([\d.]+) s \| (执行|跳过（指纹一致）) \|$", report, flags=re.MULTILINE)
+    assert [(int(n), title) for n, title, _, _ in rows] == [
+        (i, STAGE_TITLES[name]) for i, name in enumerate(STAGES, 1) if name != "report"]
+    assert tuple(STAGE_TITLES) == STAGES
+    # 跳过的阶段在表里写"跳过"
+    rerun = {name: {**rec, "skipped": True} for name, rec in records.items()}
+    assert report.count("执行 |") == 7 and render_report(*args, rerun).count("跳过（指纹一致） |") == 7
+
+
+def test_report_names_a_missing_stage():
+    with pytest.raises(ValueError, match="缺少这些阶段的记录：corpus"):
+        render_report("r", "c", "smoke", "d", {})
+
+
 # ---------------------------------------------------------------------------
 # 指纹与续跑
 # ---------------------------------------------------------------------------
@@ -176,33 +219,8 @@ def test_local_text_file_via_data(ckpt_root, tmp_path):
 
 
 # ---------------------------------------------------------------------------
-# 评估与坏输入
+# 坏输入
 # ---------------------------------------------------------------------------
-class UnigramModel(torch.nn.Module):
-    """不看上下文、永远输出同一个分布的"模型"：它的 loss 必须恰好等于 unigram 基线。"""
-
-    def __init__(self, log_p: np.ndarray) -> None:
-        super().__init__()
-        self.log_p = torch.nn.Parameter(torch.tensor(log_p, dtype=torch.float64))
-
-    def forward(self, x):
-        return self.log_p.expand(*x.shape, -1)
-
-
-def test_evaluate_unigram_model_equals_unigram_baseline():
-    rng = np.random.default_rng(0)
-    vocab = 50
-    train = rng.zipf(1.5, 5000) % vocab
-    val = rng.zipf(1.5, 1000) % vocab
-    counts = np.bincount(train, minlength=vocab) + 1.0
-    result = evaluate(UnigramModel(np.log(counts / counts.sum())), val, train, vocab, block_size=16,
-                      max_tokens=10_000, decode_bytes=lambda ids: b"ab" * len(ids), batch_size=7)
-    assert result["tokens"] == (len(val) - 1) // 16 * 16
-    assert result["model_loss"] == pytest.approx(result["unigram_loss"], rel=1e-6)  # logits 在 fp32 里算
-    assert result["uniform_loss"] == pytest.approx(math.log(vocab))
-    assert result["model_bpb"] == pytest.approx(result["model_loss"] / math.log(2) / 2)
-
-
 def test_auto_vocab_size():
     assert auto_vocab_size(4_780_840) == 2048
     assert auto_vocab_size(19_000_000) == 8192
@@ -232,16 +250,15 @@ def test_gpu_preset_without_gpu_fails_without_fallback(capsys, ckpt_root):
     assert not (ckpt_root / "gpu" / "stages").exists()  # 什么都没有开始
 
 
-def test_truncated_fingerprint_means_not_done(tmp_path):
-    pipe = Pipeline(tmp_path)
-    out = tmp_path / "a.txt"
-
-    def write():
-        out.write_text("hi")
-        return [out], {}
-
-    rec = pipe.stage("a", {"x": 1}, write)
-    assert pipe.done("a", {"x": 1})["fingerprint"] == rec["fingerprint"]
-    assert pipe.done("a", {"x": 2}) is None  # 输入变了
-    out.write_text("changed")
-    assert pipe.done("a", {"x": 1}) is None  # 产物被改过
+# ---------------------------------------------------------------------------
+# 命令行帮助
+# ---------------------------------------------------------------------------
+def test_every_flag_has_chinese_help():
+    actions = [a for a in speedrun.build_parser()._actions if a.option_strings]
+    assert {"--preset", "--corpus", "--data", "--run", "--vocab-size", "--max-iters", "--threads", "--fresh",
+            "--no-progress", "--help"} <= {s for a in actions for s in a.option_strings}
+    for action in actions:
+        assert action.help and action.help != argparse.SUPPRESS, action.option_strings
+        assert re.search(r"[\u4e00-\u9fff]", action.help), (action.option_strings, action.help)
+    help_text = speedrun.build_parser().format_help()
+    assert all(name in help_text for name in speedrun.PRESETS)  # 预设的可选值写在帮助里
