@@ -12,17 +12,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from _common import machine_info, update_results
 
+from model_lab import GPT2, GPT2Config, build_gpt2_hf_reference
 from utils.io import is_smoke
 from utils.torch_playground import benchmark_interleaved, setup_seed
-
-gpt2 = importlib.import_module("model_lab.02_architectures.gpt2")
 
 
 def interleaved(ours_fn: Callable[[], object], hf_fn: Callable[[], object], reps: int) -> tuple[float, float]:
@@ -51,18 +49,18 @@ def main() -> None:
     setup_seed()
     if smoke:
         name = "tiny (SMOKE)"
-        config = gpt2.GPT2Config(vocab_size=256, n_positions=64, n_embd=64, n_layer=2, n_head=4)
+        config = GPT2Config(vocab_size=256, n_positions=64, n_embd=64, n_layer=2, n_head=4)
         B, T, prompt_len, new_tokens, reps = 2, 32, 8, 8, 2
     else:
         name = "gpt2 124M"
-        config = gpt2.GPT2Config()
+        config = GPT2Config()
         B, T, prompt_len, new_tokens, reps = 2, 128, 32, 64, 5
     # 随机权重下 eos 可能被贪心选中而让 HF 提前停止；去掉 eos，两边都生成满 new_tokens 个
     # dropout 关掉：两边的 loss 才能逐位核对
     config = dataclasses.replace(config, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, eos_token_id=None,
                                  bos_token_id=None)
-    ours = gpt2.GPT2(config)
-    hf = gpt2.hf_model_from_ours(ours, attn_implementation="sdpa")
+    ours = GPT2(config)
+    hf = build_gpt2_hf_reference(ours, attn_implementation="sdpa").train()
 
     ids = torch.randint(0, config.vocab_size, (B, T))
     targets = F.pad(ids[:, 1:], (0, 1), value=-100)  # 与 HF labels=ids 等价的对齐 targets

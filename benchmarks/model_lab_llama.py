@@ -9,28 +9,26 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import time
 
 import torch
 from _common import machine_info, update_results
 
+from model_lab import Llama, LlamaConfig, build_llama_hf_reference
 from utils.io import is_smoke
 from utils.torch_playground import benchmark_interleaved, setup_seed
-
-llama = importlib.import_module("model_lab.02_architectures.llama")
 
 
 def make_models(dtype: torch.dtype, device: str, smoke: bool):
     setup_seed(0)
     if smoke:
-        cfg = llama.LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
+        cfg = LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
     else:
-        cfg = llama.LlamaConfig(vocab_size=4096, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
+        cfg = LlamaConfig(vocab_size=4096, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
                                 num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=1024)
-    ours = llama.Llama(cfg).to(device=device, dtype=dtype)
-    hf = llama.build_hf_reference(ours).to(device)
+    ours = Llama(cfg).to(device=device, dtype=dtype)
+    hf = build_llama_hf_reference(ours).to(device)
     return cfg, ours, hf
 
 

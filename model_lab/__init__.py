@@ -15,8 +15,23 @@ from utils.lazy import lazy_exports
 _EXPORTS = {
     "Llama": "model_lab.02_architectures.llama",
     "LlamaConfig": "model_lab.02_architectures.llama",
+    "build_llama_hf_reference": "model_lab.02_architectures.llama",
     "GPT2": "model_lab.02_architectures.gpt2",
     "GPT2Config": "model_lab.02_architectures.gpt2",
+    "build_gpt2_hf_reference": "model_lab.02_architectures.gpt2",
+    "ATTENTION_BACKENDS": "model_lab.attention_backends",
+    "AttentionBackend": "model_lab.attention_backends",
+    "eager_attention": "model_lab.attention_backends",
+    "get_attention_backend": "model_lab.attention_backends",
+    "register_attention_backend": "model_lab.attention_backends",
+    "sdpa_attention": "model_lab.attention_backends",
+    "AttnMetadata": "model_lab.kv_cache",
+    "KVCache": "model_lab.kv_cache",
+    "PagedKVCache": "model_lab.kv_cache",
+    "pack_sequences": "model_lab.kv_cache",
+    "generate": "model_lab.generation",
+    "process_logits": "model_lab.generation",
+    "sample_next_token": "model_lab.generation",
 }
 
 __all__ = sorted(_EXPORTS)

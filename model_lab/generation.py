@@ -1,7 +1,7 @@
-"""采样：从最后一个位置的 logits 里挑出下一个 token（temperature / top-k / top-p）。
+"""采样与生成循环：从最后一个位置的 logits 里挑出下一个 token（temperature / top-k / top-p），以及自回归的 generate。
 
-所有模型（Llama、GPT-2……）的 generate() 共用这里的 `sample_next_token`，
-因此"怎么采样"只有一份实现，并且逐条对齐 Hugging Face 的 logits warper：
+所有模型（Llama、GPT-2……）的 generate() 都只是检查完自己的输入后调用这里的 `generate`，
+因此"怎么采样""怎么用 KV cache 逐 token 解码"各只有一份实现，并且逐条对齐 Hugging Face：
 
     HF generate(do_sample=True) 的处理顺序：TemperatureLogitsWarper -> TopKLogitsWarper -> TopPLogitsWarper
     -> softmax -> torch.multinomial
@@ -11,14 +11,19 @@
 - top-p（nucleus）：按概率从高到低累加，保留累计概率刚好 >= p 的最小集合，至少保留 1 个 token。
 
 被过滤掉的位置填 -inf，softmax 后概率恰好为 0，multinomial 永远不会抽到它们。
+
+generate 对模型的要求（两个模型都满足）：`make_kv_cache(batch_size, max_seq_len)` 返回 model_lab.kv_cache.KVCache；
+`forward_hidden(input_ids, position_ids, kv_cache, attention_mask)` 是不做输入检查的主干前向，返回最后的隐状态
+(B, T, C)（写完缓存后前进位置）；`lm_head` 把隐状态映射成 logits。
 """
 
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-__all__ = ["apply_top_k", "apply_top_p", "process_logits", "sample_next_token", "validate_sampling_args"]
+__all__ = ["apply_top_k", "apply_top_p", "check_max_new_tokens", "generate", "generation_position_ids", "process_logits", "sample_next_token",
+           "validate_sampling_args"]
 
 
 def validate_sampling_args(temperature: float, top_k: int | None, top_p: float | None) -> None:
@@ -98,3 +103,61 @@ def sample_next_token(
     logits = process_logits(logits.float(), temperature, top_k, top_p)
     probs = logits.softmax(dim=-1)  # (B, V)
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)  # (B,)
+
+
+def check_max_new_tokens(max_new_tokens: int) -> None:
+    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens={max_new_tokens!r} 必须是 >= 0 的整数")
+
+
+def generation_position_ids(attention_mask: Tensor | None, length: int, device: torch.device) -> Tensor:
+    """(B 或 1, length) 的位置编号。有 attention_mask（左侧 padding）时与 HF generate 的规则相同：
+    从每行第一个真实 token 记 0（cumsum - 1），padding 位置填 0（它们不被任何 query 看到，取值无关紧要）。"""
+    if attention_mask is None:
+        return torch.arange(length, device=device)[None]
+    return (attention_mask.cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
+
+
+@torch.no_grad()
+def generate(model: nn.Module, input_ids: Tensor, max_new_tokens: int, temperature: float = 1.0,
+             top_k: int | None = None, top_p: float | None = None, *, generator: torch.Generator | None = None,
+             eos_token_id: int | None = None, attention_mask: Tensor | None = None, use_cache: bool = True,
+             pad_token_id: int | None = None) -> Tensor:
+    """自回归生成，返回 (B, T + 生成的长度)。模型的 generate 检查完自己的输入（id 范围、最大长度）后调用它。
+
+    use_cache=True：先整段 prefill 写入 KV cache，之后每步只喂 1 个 token；False：每步重算整个序列（慢，用于对照）。
+    每步只对最后一个位置做 lm_head：省掉 (T-1)·V·C 次乘加（大词表时很可观）。
+    temperature=0 为贪心（与 HF 的 do_sample=False 相同）。
+    eos_token_id：某行生成 eos 后，之后填 pad_token_id（没有则填 eos）；所有行都结束就提前停止。
+    attention_mask：左侧 padding 的批量生成（(B, T) 的 0/1），位置编号见 generation_position_ids。
+    调用前请 model.eval()，否则 dropout 会让生成结果随机。
+    """
+    validate_sampling_args(temperature, top_k, top_p)
+    check_max_new_tokens(max_new_tokens)
+    b, t = input_ids.shape
+    if attention_mask is not None and tuple(attention_mask.shape) != (b, t):
+        raise ValueError(f"attention_mask 形状应为 (B, T) = {(b, t)}（1 = 真实 token，0 = 左侧 padding），"
+                         f"收到 {tuple(attention_mask.shape)}")
+    if max_new_tokens == 0:
+        return input_ids
+    pad_id = pad_token_id if pad_token_id is not None else eos_token_id
+    mask = None if attention_mask is None else attention_mask.to(device=input_ids.device, dtype=torch.long)
+    cache = model.make_kv_cache(b, t + max_new_tokens) if use_cache else None
+    seq, new_ids = input_ids, input_ids
+    finished = torch.zeros(b, dtype=torch.bool, device=input_ids.device)
+    for _ in range(max_new_tokens):
+        ids = new_ids if cache is not None else seq
+        pos = generation_position_ids(mask, seq.size(1), input_ids.device)[:, -ids.size(1):]
+        h = model.forward_hidden(ids, pos, cache, mask)  # (B, T 或 1, C)
+        logits = model.lm_head(h[:, -1, :]).float()  # (B, V)
+        next_id = sample_next_token(logits, temperature, top_k, top_p, generator)  # (B,)
+        if eos_token_id is not None:
+            next_id = torch.where(finished, torch.full_like(next_id, pad_id), next_id)
+            finished |= next_id == eos_token_id
+        new_ids = next_id[:, None]
+        seq = torch.cat([seq, new_ids], dim=1)
+        if mask is not None:
+            mask = torch.cat([mask, mask.new_ones(b, 1)], dim=1)
+        if eos_token_id is not None and bool(finished.all()):
+            break
+    return seq

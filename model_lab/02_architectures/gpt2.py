@@ -16,12 +16,17 @@
 权重名与 HF 完全相同（transformer.wte / wpe / h.N.ln_1 / attn.c_attn / attn.c_proj / ln_2 /
 mlp.c_fc / mlp.c_proj / transformer.ln_f / lm_head），线性层也沿用 HF 的 Conv1D (in, out) 布局，
 所以 `state_dict()` 可以直接在两个库之间 load_state_dict，save_pretrained 的目录 HF 能直接加载。
+
+读法（自上而下）：GPT2Config 与 HF config.json 的互转 → 模块（Conv1D、CausalSelfAttention、MLP、Block）→
+GPT2（初始化、计数、forward：(B, T) 批量或打包批量、generate、from_pretrained / save_pretrained）→ main() 与 HF 对照。
+与 Llama 共用的基础设施在可按名字导入的模块里：注意力后端注册表与 bool 掩码约定（model_lab/attention_backends.py）、
+KVCache / PagedKVCache / AttnMetadata（model_lab/kv_cache.py）、HF 目录读写（model_lab/hf_io.py）、
+采样与生成循环（model_lab/generation.py）。
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -32,10 +37,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from model_lab.generation import sample_next_token
-from utils.io import atomic_path, atomic_write
+from model_lab.attention_backends import get_attention_backend, make_attention_mask, packed_attention
+from model_lab.generation import check_max_new_tokens, generate
+from model_lab.hf_io import load_hf_directory, save_hf_directory
+from model_lab.kv_cache import AttnMetadata, KVCache, PagedKVCache, check_cache, check_logits_positions
 
-__all__ = ["Conv1D", "GPT2", "GPT2Config", "KVCache"]
+__all__ = ["Conv1D", "GPT2", "GPT2Config", "build_gpt2_hf_reference"]
 
 
 # ---------------------------------------------------------------------------
@@ -79,8 +86,9 @@ class GPT2Config:
     scale_attn_by_inverse_layer_idx: bool = False
     reorder_and_upcast_attn: bool = False  # 分数与 softmax 强制用 fp32 算（混合精度训练时防溢出）
     tie_word_embeddings: bool = True  # lm_head.weight 与 transformer.wte.weight 是同一个 Parameter
-    bos_token_id: int | None = 50256  # 只随 config.json 往返保存；generate 按 max_new_tokens 生成，不看 eos
+    bos_token_id: int | None = 50256  # 只随 config.json 往返保存；generate 只看调用时传入的 eos_token_id
     eos_token_id: int | None = 50256
+    attn_implementation: str = "sdpa"  # 本仓库的运行时选择（注意力后端名，见 attention_backends），不写进 config.json
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
@@ -115,6 +123,8 @@ class GPT2Config:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
                 raise ValueError(f"{name}={value!r} 不合法：必须是 >= 0 的整数或 None")
+        if not isinstance(self.attn_implementation, str):
+            raise ValueError(f"attn_implementation={self.attn_implementation!r} 必须是注意力后端的名字（字符串）")
 
     @property
     def head_dim(self) -> int:
@@ -172,11 +182,13 @@ def config_from_hf_dict(d: dict) -> GPT2Config:
 
 
 def config_to_hf_dict(config: GPT2Config, dtype: torch.dtype = torch.float32) -> dict:
-    """GPT2Config -> HF 的 config.json 内容（transformers.AutoConfig 能读）。"""
+    """GPT2Config -> HF 的 config.json 内容（transformers.AutoConfig 能读）；attn_implementation 是运行时选择，不写。"""
+    d = config.to_dict()
+    d.pop("attn_implementation")
     return {
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",
-        **config.to_dict(),
+        **d,
         "add_cross_attention": False,
         "dtype": str(dtype).removeprefix("torch."),
     }
@@ -210,52 +222,6 @@ class Conv1D(nn.Module):
         return out.view(*x.shape[:-1], self.weight.size(1))
 
 
-class KVCache:
-    """增量解码用的 KV cache：每层预分配 (B, nh, max_seq_len, hs) 的 K 与 V。
-
-    为什么要缓存：自回归生成第 t 个 token 时，前 t-1 个位置的 K、V 与第 t 步完全无关（因果掩码），
-    重新算一遍是纯浪费。缓存之后每步只算 1 个新位置：注意力从 O(t²) 降到 O(t)，线性层从 t 行降到 1 行。
-    预分配（而不是每步 torch.cat）避免了反复申请内存与拷贝，vLLM 等推理引擎的 paged cache 是它的进阶版。
-    """
-
-    def __init__(self, num_layers: int, batch_size: int, num_heads: int, max_seq_len: int, head_dim: int, *,
-                 device: torch.device | str | None = None, dtype: torch.dtype = torch.float32):
-        shape = (num_layers, batch_size, num_heads, max_seq_len, head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.batch_size, self.max_seq_len = batch_size, max_seq_len
-        self.seq_len = 0  # 已经写入（模型已经"看过"）的位置数，也就是下一个 token 的位置
-
-    def update(self, layer_idx: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """把本步的 k, v (B, nh, T, hs) 写到 [seq_len, seq_len + T)，返回该层到目前为止的全部 K, V。"""
-        end = self.seq_len + k.size(2)
-        self.k[layer_idx, :, :, self.seq_len:end] = k
-        self.v[layer_idx, :, :, self.seq_len:end] = v
-        return self.k[layer_idx, :, :, :end], self.v[layer_idx, :, :, :end]  # (B, nh, end, hs)
-
-    def advance(self, n_tokens: int) -> None:
-        """所有层都写完之后由模型调用一次：把新位置计入 seq_len。"""
-        self.seq_len += n_tokens
-
-
-def manual_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float,
-                     dropout_p: float = 0.0, is_causal: bool = False) -> Tensor:
-    """教科书写法 softmax(q kᵀ · scale + mask) v，参数语义与 F.scaled_dot_product_attention 相同，
-    但分数与 softmax 固定用 fp32 计算。
-
-    reorder_and_upcast_attn=True 时走这条路：fp16 下 q·k 的点积可能超过 65504 而溢出成 inf，先升到 fp32 再乘就不会。
-    """
-    att = (q.float() @ k.float().transpose(-2, -1)) * scale  # (B, nh, T, S)
-    if is_causal:
-        T, S = att.shape[-2:]
-        causal = torch.ones(T, S, dtype=torch.bool, device=att.device).tril()  # 左上角对齐，与 SDPA 相同
-        att = att.masked_fill(~causal, float("-inf"))
-    if mask is not None:
-        att = att + mask
-    att = F.dropout(att.softmax(dim=-1), p=dropout_p).to(v.dtype)
-    return att @ v  # (B, nh, T, hs)
-
-
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPT2Config, layer_idx: int):
         super().__init__()
@@ -264,6 +230,7 @@ class CausalSelfAttention(nn.Module):
         self.layer_idx = layer_idx
         self.c_attn = Conv1D(config.n_embd, 3 * config.n_embd)  # q, k, v 三个投影拼成一次 GEMM
         self.c_proj = Conv1D(config.n_embd, config.n_embd)
+        self.config = config
         self.attn_pdrop = config.attn_pdrop
         self.resid_dropout = nn.Dropout(config.resid_pdrop)
         self.upcast = config.reorder_and_upcast_attn
@@ -272,27 +239,39 @@ class CausalSelfAttention(nn.Module):
         if config.scale_attn_by_inverse_layer_idx:
             self.scale /= float(layer_idx + 1)
 
-    def forward(self, x: Tensor, mask: Tensor | None, kv_cache: KVCache | None) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None, kv_cache: KVCache | PagedKVCache | None,
+                attn_metadata: AttnMetadata | None) -> Tensor:
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)  # 3 × (B, T, C)
-        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
-        v = v.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+        q, k, v = self.c_attn(x).view(B, T, 3, self.n_head, self.head_dim).unbind(2)  # 3 × (B, T, nh, hs)
+        dropout_p = self.attn_pdrop if self.training else 0.0
+        backend = self.config.attn_implementation
+        if attn_metadata is not None:  # 打包批量：B = 1，T = N，直接用 (N, nh, hs) 的 varlen 布局
+            k_ctx, v_ctx = k[0], v[0]
+            if kv_cache is not None:  # 写进块池，拿回整个块池 (num_blocks, block_size, nh, hs)
+                k_ctx, v_ctx = kv_cache.update(self.layer_idx, k[0], v[0], attn_metadata.slot_mapping)
+            q, k_ctx, v_ctx = self._maybe_upcast(q[0], k_ctx, v_ctx)
+            y = packed_attention(backend, q, k_ctx, v_ctx, attn_metadata=attn_metadata, scale=self.scale,
+                                 dropout_p=dropout_p)  # (N, nh, hs)
+            return self.resid_dropout(self.c_proj(y.to(x.dtype).reshape(B, T, C)))
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, nh, T, hs)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)  # (B, nh, S, hs)，S = 之前的长度 + T
-        dropout_p = self.attn_pdrop if self.training else 0.0
-        # mask=None 只有两种情形（见 GPT2._build_mask）：
-        # ① 没有 padding、cache 为空：纯因果，is_causal=True 让 SDPA 自己处理下三角（可走 flash kernel，省掉掩码张量）；
-        # ② 解码一步（T=1）：新 token 能看见全部 key，不要掩码。这时不能也写 is_causal=True——
-        #    SDPA 的因果掩码是左上角对齐的，T=1 时它只让 query 看见第 0 个 key。
+        # mask=None 只有两种情形（见 attention_backends.make_attention_mask）：没有前缀与 padding 的纯因果
+        # （is_causal=True，内核可跳过上三角），或解码一步（T=1，新 token 能看见全部 key，不要掩码）
         is_causal = mask is None and T > 1
-        if self.upcast:
-            y = manual_attention(q, k, v, mask, self.scale, dropout_p, is_causal)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal,
-                                               scale=self.scale)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)：把各头拼回去
+        q, k, v = self._maybe_upcast(q, k, v)
+        y = get_attention_backend(backend).fn(q, k, v, is_causal=is_causal, attn_mask=mask, scale=self.scale,
+                                              dropout_p=dropout_p)  # (B, nh, T, hs)
+        y = y.to(x.dtype).transpose(1, 2).reshape(B, T, C)  # (B, T, C)：把各头拼回去
         return self.resid_dropout(self.c_proj(y))
+
+    def _maybe_upcast(self, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """reorder_and_upcast_attn=True：注意力整个在 fp32 里算（fp16 下 q·k 的点积可能超过 65504 而溢出成 inf），
+        之后输出转回原 dtype。HF 只把分数与 softmax 升到 fp32、概率再降回 v 的 dtype 去乘 v；
+        这里连 p·v 也在 fp32 里，于是能交给任何注册的后端。fp32 模型下两者完全相同。"""
+        if not self.upcast:
+            return q, k, v
+        return q.float(), k.float(), v.float()
 
 
 class MLP(nn.Module):
@@ -315,9 +294,10 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.mlp = MLP(config)
 
-    def forward(self, x: Tensor, mask: Tensor | None, kv_cache: KVCache | None) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None, kv_cache: KVCache | PagedKVCache | None,
+                attn_metadata: AttnMetadata | None) -> Tensor:
         # pre-LN：LayerNorm 在支路里、残差干路上不做归一化——梯度可以沿干路直达底层，深层也好训
-        x = x + self.attn(self.ln_1(x), mask, kv_cache)
+        x = x + self.attn(self.ln_1(x), mask, kv_cache, attn_metadata)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -335,6 +315,7 @@ class GPT2(nn.Module):
         super().__init__()
         if not isinstance(config, GPT2Config):
             raise TypeError(f"config 应为 GPT2Config，收到 {type(config).__name__}；可用 GPT2Config.from_dict(d)")
+        get_attention_backend(config.attn_implementation)  # 名字拼错在构造时就报错，而不是第一次前向时
         self.config = config
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),  # token 嵌入，也是输出层
@@ -404,7 +385,7 @@ class GPT2(nn.Module):
 
     # ---- 前向 ----
     def make_kv_cache(self, batch_size: int, max_seq_len: int | None = None) -> KVCache:
-        """为增量解码新建一个空的 KVCache（与模型同 device、同 dtype），max_seq_len 默认 n_positions。"""
+        """为 (B, T) 批量的增量解码新建一个空的 KVCache（与模型同 device、同 dtype），max_seq_len 默认 n_positions。"""
         max_seq_len = self.config.n_positions if max_seq_len is None else max_seq_len
         if not 1 <= max_seq_len <= self.config.n_positions:
             raise ValueError(f"max_seq_len={max_seq_len} 必须在 [1, n_positions={self.config.n_positions}] 内")
@@ -412,213 +393,163 @@ class GPT2(nn.Module):
         return KVCache(self.config.n_layer, batch_size, self.config.n_head, max_seq_len, self.config.head_dim,
                        device=weight.device, dtype=weight.dtype)
 
-    def _check_inputs(self, input_ids: Tensor, targets: Tensor | None, kv_cache: KVCache | None,
-                      attention_mask: Tensor | None) -> int:
-        """检查输入，返回已缓存的长度 past。错误信息说清楚哪里不对、该怎么改。"""
+    def make_paged_kv_cache(self, num_blocks: int, block_size: int = 16) -> PagedKVCache:
+        """为打包批量分配分页 KV cache（vLLM 布局，与模型同 device、同 dtype）。"""
+        weight = self.transformer.wte.weight
+        return PagedKVCache(self.config.n_layer, num_blocks, block_size, self.config.n_head, self.config.head_dim,
+                            device=weight.device, dtype=weight.dtype)
+
+    def _check_input_ids(self, input_ids: Tensor) -> None:
         if not isinstance(input_ids, Tensor) or input_ids.dim() != 2 or input_ids.dtype != torch.long:
             desc = f"{tuple(input_ids.shape)} {input_ids.dtype}" if isinstance(input_ids, Tensor) else type(input_ids)
             raise ValueError(f"input_ids 应为 (B, T) 的 torch.long 张量，收到 {desc}；单条序列请用 ids[None]")
-        B, T = input_ids.shape
-        if T == 0:
+        if input_ids.size(1) == 0:
             raise ValueError("input_ids 的长度 T=0：至少要有一个 token")
-        past = kv_cache.seq_len if kv_cache is not None else 0
-        if past + T > self.config.n_positions:
-            raise ValueError(
-                f"序列长度 {past + T}（cache 里 {past} + 本次 {T}）超过 n_positions={self.config.n_positions}："
-                "GPT-2 的位置表只有这么多行；请截断输入，或用更大的 n_positions"
-            )
+
+    def _check_length_and_vocab(self, input_ids: Tensor, end: int, parts: str) -> None:
+        """end：本次涉及的最大序列长度；parts 说明它由哪几部分组成。"""
+        if end > self.config.n_positions:
+            raise ValueError(f"序列长度 {end}（{parts}）超过 n_positions={self.config.n_positions}："
+                             "GPT-2 的位置表只有这么多行；请截断输入，或用更大的 n_positions")
+        if torch.compiler.is_compiling():
+            return  # 读回 Python 的检查会打断 torch.compile 的图；编译时跳过
         # 越界 id 在 CPU 上是 IndexError，在 GPU 上是难以定位的 device-side assert；提前检查（GPU 上多一次同步，值得）
         lo, hi = int(input_ids.min()), int(input_ids.max())
         if lo < 0 or hi >= self.config.vocab_size:
             raise ValueError(f"input_ids 的取值范围 [{lo}, {hi}] 超出词表 [0, vocab_size={self.config.vocab_size})")
-        if kv_cache is not None:
-            if kv_cache.batch_size != B:
-                raise ValueError(f"kv_cache 的 batch_size={kv_cache.batch_size} 与 input_ids 的 B={B} 不一致")
-            if past + T > kv_cache.max_seq_len:
+
+    def forward(self, input_ids: Tensor, targets: Tensor | None = None, *, position_ids: Tensor | None = None,
+                attention_mask: Tensor | None = None, kv_cache: KVCache | PagedKVCache | None = None,
+                attn_metadata: AttnMetadata | None = None, logits_positions: Tensor | None = None
+                ) -> Tensor | tuple[Tensor, Tensor]:
+        """input_ids (B, T) -> logits (B, T, vocab)；给了 targets 则返回 (logits, loss)。与 Llama.forward 同一个接口。
+
+        targets 按 nanoGPT 的约定已经对齐：targets[:, t] 是 input_ids[:, t] 之后的那个 token，-100 不计入损失。
+        （HF 的 labels 是"没移位"的：labels = input_ids，由模型内部左移一位。两者的换算：
+        targets = labels[:, 1:] 右侧补一个 -100。）
+        (B, T) 批量：position_ids 默认 past..past+T-1（与 HF 的 forward 相同；左 padding 的生成由 generate 按
+        attention_mask 推出位置）；attention_mask (B, past + T)，1 = 真实 token，0 = padding；kv_cache 是 KVCache。
+        打包批量（attn_metadata）：input_ids (1, N)，几条序列首尾相接、互不可见；kv_cache 只能是 PagedKVCache。
+        logits_positions：(K,) 扁平下标，只在这些位置算 lm_head，返回 (K, vocab)；不能与 targets 同时给。
+        """
+        self._check_input_ids(input_ids)
+        B, T = input_ids.shape
+        c, weight = self.config, self.transformer.wte.weight
+        if attn_metadata is not None:
+            if attention_mask is not None:
+                raise ValueError("打包批量不用 attention_mask：序列边界与可见范围由 attn_metadata 给出")
+            position_ids = attn_metadata.check_inputs(input_ids, position_ids)
+            self._check_length_and_vocab(input_ids, attn_metadata.max_seqlen_k, "打包批量里最长的上下文")
+        else:
+            past = kv_cache.seq_len if isinstance(kv_cache, KVCache) else 0
+            self._check_length_and_vocab(input_ids, past + T, f"cache 里 {past} + 本次 {T}")
+            if position_ids is None:
+                position_ids = torch.arange(past, past + T, device=input_ids.device)[None]  # (1, T)
+            elif position_ids.dim() == 1:
+                position_ids = position_ids[None]
+            if attention_mask is not None and tuple(attention_mask.shape) != (B, past + T):
                 raise ValueError(
-                    f"kv_cache 只能放 max_seq_len={kv_cache.max_seq_len} 个位置，已有 {past}，再放 {T} 个放不下"
+                    f"attention_mask 形状应为 (B, past + T) = {(B, past + T)}（1 = 真实 token，0 = padding），"
+                    f"收到 {tuple(attention_mask.shape)}"
                 )
-        if attention_mask is not None and tuple(attention_mask.shape) != (B, past + T):
-            raise ValueError(
-                f"attention_mask 形状应为 (B, past + T) = {(B, past + T)}（1 = 真实 token，0 = padding），"
-                f"收到 {tuple(attention_mask.shape)}"
-            )
+        check_cache(kv_cache, attn_metadata, batch_size=B, new_tokens=T, num_layers=c.n_layer, num_kv_heads=c.n_head,
+                    head_dim=c.head_dim, dtype=weight.dtype, device=weight.device)
         if targets is not None:
             if tuple(targets.shape) != (B, T):
                 raise ValueError(f"targets 形状应与 input_ids 相同 {(B, T)}，收到 {tuple(targets.shape)}")
             valid = targets[targets != -100]
             if valid.numel() and (int(valid.min()) < 0 or int(valid.max()) >= self.config.vocab_size):
                 raise ValueError(f"targets 只能是 [0, vocab_size={self.config.vocab_size}) 内的 id 或 -100（忽略）")
-        return past
-
-    def _build_mask(self, B: int, T: int, past: int, attention_mask: Tensor | None, dtype: torch.dtype,
-                    device: torch.device) -> Tensor | None:
-        """加性掩码 (B 或 1, 1, T, past + T)：允许的位置 0，禁止的位置 dtype 的最小值。
-
-        第 i 个新 token 的绝对位置是 past + i，它能看见绝对位置 j <= past + i 的 key（因果）；
-        attention_mask 为 0 的 key（padding）谁也看不见。用 finfo.min 而不是 -inf：
-        左 padding 时 padding 位置自己那一行全被禁止，-inf 会让 softmax 得到 0/0 = NaN 并顺着梯度传开；
-        finfo.min 只会得到一行均匀分布，而那一行的输出本来就没人用。
-        """
-        if attention_mask is None and past == 0:
-            return None  # 纯因果：交给 SDPA 的 is_causal
-        if attention_mask is None and T == 1:
-            return None  # 解码一步：唯一的新 token 本来就能看见全部 past + 1 个位置
-        key_pos = torch.arange(past + T, device=device)
-        query_pos = torch.arange(past, past + T, device=device)
-        allowed = (key_pos[None, :] <= query_pos[:, None])[None, None]  # (1, 1, T, S)
-        if attention_mask is not None:
-            allowed = allowed & attention_mask.to(device=device, dtype=torch.bool)[:, None, None, :]  # (B, 1, T, S)
-        zero = torch.zeros((), dtype=dtype, device=device)
-        return zero.masked_fill(~allowed, torch.finfo(dtype).min)
-
-    def forward(self, input_ids: Tensor, targets: Tensor | None = None, *, kv_cache: KVCache | None = None,
-                attention_mask: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
-        """input_ids (B, T) -> logits (B, T, vocab)；给了 targets 则返回 (logits, loss)。
-
-        targets 按 nanoGPT 的约定已经对齐：targets[:, t] 是 input_ids[:, t] 之后的那个 token，-100 不计入损失。
-        （HF 的 labels 是"没移位"的：labels = input_ids，由模型内部左移一位。两者的换算：
-        targets = labels[:, 1:] 右侧补一个 -100。）
-        kv_cache：增量解码时传入；本次的 K/V 写进 cache，位置编号从 cache.seq_len 接着往后数。
-        attention_mask：(B, past + T)，1 = 真实 token，0 = padding（与 HF 相同）。
-        """
-        past = self._check_inputs(input_ids, targets, kv_cache, attention_mask)
-        logits = self.lm_head(self._trunk(input_ids, past, kv_cache, attention_mask))  # (B, T, vocab)
+        h = self.forward_hidden(input_ids, position_ids, kv_cache, attention_mask, attn_metadata)  # (B, T, C)
+        if logits_positions is not None:
+            h = h.flatten(0, 1)[check_logits_positions(logits_positions, B * T, targets)]  # (K, C)
+        logits = self.lm_head(h)  # (B, T, vocab) 或 (K, vocab)
         if targets is None:
             return logits
         # 交叉熵在 fp32 里算：低精度 logits 的 log-softmax 在大词表上误差明显
         loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
         return logits, loss
 
-    def _trunk(self, input_ids: Tensor, past: int, kv_cache: KVCache | None,
-               attention_mask: Tensor | None) -> Tensor:
-        """嵌入 + 全部 Block + ln_f，返回最后的隐状态 (B, T, C)（输入已检查过）。"""
+    def forward_hidden(self, input_ids: Tensor, position_ids: Tensor, kv_cache: KVCache | PagedKVCache | None = None,
+                       attention_mask: Tensor | None = None, attn_metadata: AttnMetadata | None = None) -> Tensor:
+        """嵌入 + 全部 Block + ln_f，返回最后的隐状态 (B, T, C)；不做输入检查（generate 与推理引擎自己检查过）。"""
         B, T = input_ids.shape
-        device = input_ids.device
-        pos = torch.arange(past, past + T, device=device)  # (T,)：绝对位置从 cache 里已有的长度接着数
-        x = self.transformer.drop(self.transformer.wte(input_ids) + self.transformer.wpe(pos))  # (B, T, C)
-        # 掩码要与注意力分数同一 dtype：upcast 路径的分数是 fp32
-        score_dtype = torch.float32 if self.config.reorder_and_upcast_attn else x.dtype
-        mask = self._build_mask(B, T, past, attention_mask, score_dtype, device)
+        # position_ids (B 或 1, T)：绝对位置，(B, T) 批量默认从 cache 里已有的长度接着数
+        x = self.transformer.drop(self.transformer.wte(input_ids) + self.transformer.wpe(position_ids))  # (B, T, C)
+        dense_cache = kv_cache if attn_metadata is None else None
+        past = dense_cache.seq_len if dense_cache is not None else 0
+        mask = None if attn_metadata is not None else make_attention_mask(T, past, attention_mask, input_ids.device)
         for block in self.transformer.h:
-            x = block(x, mask, kv_cache)
-        if kv_cache is not None:
-            kv_cache.advance(T)
+            x = block(x, mask, kv_cache, attn_metadata)
+        if dense_cache is not None:
+            dense_cache.advance(T)
         return self.transformer.ln_f(x)
 
     @torch.no_grad()
     def generate(self, input_ids: Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-                 top_p: float | None = None, generator: torch.Generator | None = None) -> Tensor:
-        """自回归生成：返回 (B, T + max_new_tokens)，前 T 个就是 input_ids。temperature=0 为贪心解码。
+                 top_p: float | None = None, *, generator: torch.Generator | None = None,
+                 eos_token_id: int | None = None, attention_mask: Tensor | None = None,
+                 use_cache: bool = True) -> Tensor:
+        """自回归生成：返回 (B, T + 生成的长度)，前 T 个就是 input_ids。循环在 model_lab.generation.generate（与 Llama 共用）。
 
         先对整个 prompt 做一次前向（prefill）填满 KV cache，之后每步只喂 1 个新 token（decode）。
         GPT-2 的位置表有上限，所以 T + max_new_tokens 不能超过 n_positions（nanoGPT 会裁掉最早的上下文
         重新计算，但那样 KV cache 就整个作废了；这里选择直接报错，让调用方自己决定怎么截断）。
-        调用前请 model.eval()，否则 dropout 会让生成结果随机。
+        eos_token_id：某行生成 eos 后，之后填 eos；attention_mask：左侧 padding 的批量生成，位置编号与 HF 的
+        GPT-2 generate 相同（从第一个真实 token 记 0）。调用前请 model.eval()，否则 dropout 会让生成结果随机。
         """
-        if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens={max_new_tokens!r} 必须是 >= 0 的整数")
-        self._check_inputs(input_ids, None, None, None)
-        B, T = input_ids.shape
-        if T + max_new_tokens > self.config.n_positions:
-            raise ValueError(
-                f"prompt 长度 {T} + max_new_tokens {max_new_tokens} = {T + max_new_tokens} "
-                f"超过 n_positions={self.config.n_positions}；请缩短 prompt 或减少 max_new_tokens"
-            )
-        if max_new_tokens == 0:
-            return input_ids
-        cache = self.make_kv_cache(B, max_seq_len=T + max_new_tokens)
-        # 只有最后一个位置的 logits 有用：prefill 时只对它做 lm_head，省下 (T-1)·V·C 次乘加（大词表时很可观）
-        logits = self.lm_head(self._trunk(input_ids, 0, cache, None)[:, -1, :])  # prefill：(B, vocab)
-        out = [input_ids]
-        for step in range(max_new_tokens):
-            next_id = sample_next_token(logits, temperature, top_k, top_p, generator)  # (B,)
-            out.append(next_id[:, None])
-            if step + 1 < max_new_tokens:
-                # decode：新 token 来自采样，必在词表内，长度也已在上面检查过，跳过 _check_inputs 的同步开销
-                logits = self.lm_head(self._trunk(next_id[:, None], cache.seq_len, cache, None)[:, -1, :])
-        return torch.cat(out, dim=1)
+        check_max_new_tokens(max_new_tokens)
+        self._check_input_ids(input_ids)
+        T = input_ids.size(1)
+        self._check_length_and_vocab(input_ids, T + max_new_tokens, f"prompt 长度 {T} + max_new_tokens {max_new_tokens}")
+        return generate(self, input_ids, max_new_tokens, temperature, top_k, top_p, generator=generator,
+                        eos_token_id=eos_token_id, attention_mask=attention_mask, use_cache=use_cache)
 
-    # ---- 与 Hugging Face 目录互相读写 ----
+    # ---- 与 Hugging Face 目录互相读写（model_lab/hf_io.py） ----
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, *, device: torch.device | str = "cpu",
-                        dtype: torch.dtype = torch.float32) -> GPT2:
+    def from_pretrained(cls, path: str | os.PathLike, device: torch.device | str | None = None,
+                        dtype: torch.dtype | None = None, attn_implementation: str = "sdpa") -> GPT2:
         """加载 `transformers.GPT2LMHeadModel.save_pretrained` 写的目录（config.json + safetensors）。
 
-        处理 HF 目录的几种常见情形：lm_head.weight 因为与 wte 共享而没存；老 checkpoint 里有
-        attn.bias / attn.masked_bias 掩码 buffer；只存了 GPT2Model（键没有 "transformer." 前缀）；
-        分片保存（model.safetensors.index.json）。
+        dtype=None 时保持文件里的 dtype（与 Llama 相同）。处理 HF 目录的几种常见情形：lm_head.weight 因为与 wte
+        共享而没存；老 checkpoint 里有 attn.bias / attn.masked_bias 掩码 buffer；只存了 GPT2Model（键没有
+        "transformer." 前缀）；分片保存（model.safetensors.index.json）。
         """
-        from safetensors.torch import load_file
+        def add_prefix(state: dict[str, Tensor]) -> dict[str, Tensor]:
+            if "wte.weight" in state and "transformer.wte.weight" not in state:
+                return {(k if k.startswith("lm_head.") else f"transformer.{k}"): v for k, v in state.items()}
+            return state
 
-        path = Path(path)
-        config_file = path / "config.json"
-        if not config_file.is_file():
-            raise FileNotFoundError(f"{config_file} 不存在：from_pretrained 需要 HF 格式的目录（config.json + model.safetensors）")
-        config = config_from_hf_dict(json.loads(config_file.read_text(encoding="utf-8")))
+        def build(raw: dict) -> GPT2:
+            return cls(dataclasses.replace(config_from_hf_dict(raw), attn_implementation=attn_implementation))
 
-        index_file = path / "model.safetensors.index.json"
-        if (path / "model.safetensors").is_file():
-            state = load_file(path / "model.safetensors")
-        elif index_file.is_file():
-            shards = sorted(set(json.loads(index_file.read_text(encoding="utf-8"))["weight_map"].values()))
-            state = {k: v for shard in shards for k, v in load_file(path / shard).items()}
-        else:
-            raise FileNotFoundError(
-                f"{path} 里没有 model.safetensors 或 model.safetensors.index.json；"
-                "旧的 pytorch_model.bin 请先用 transformers 加载再 save_pretrained 转成 safetensors"
-            )
-        if "wte.weight" in state and "transformer.wte.weight" not in state:
-            state = {(k if k.startswith("lm_head.") else f"transformer.{k}"): v for k, v in state.items()}
-        state = {k: v for k, v in state.items() if not k.endswith(_IGNORED_CHECKPOINT_SUFFIXES)}
-
-        model = cls(config)
-        expected = model.state_dict()
-        if config.tie_word_embeddings:
-            state.pop("lm_head.weight", None)  # 与 wte 是同一个张量，加载 wte 时一并到位
-            expected.pop("lm_head.weight")
-        missing = sorted(set(expected) - set(state))
-        unexpected = sorted(set(state) - set(expected))
-        if missing or unexpected:
-            raise ValueError(f"{path} 的权重与 GPT-2 结构对不上：缺少 {missing[:8]}{' …' if len(missing) > 8 else ''}，"
-                             f"多出 {unexpected[:8]}{' …' if len(unexpected) > 8 else ''}")
-        for name, tensor in state.items():
-            if tensor.shape != expected[name].shape:
-                raise ValueError(f"{name} 的形状是 {tuple(tensor.shape)}，按 config.json 应为 {tuple(expected[name].shape)}")
-        with torch.no_grad():
-            for name, tensor in state.items():
-                expected[name].copy_(tensor)  # state_dict() 的张量与参数共享存储，copy_ 即写入模型
-        return model.to(device=device, dtype=dtype)
+        return load_hf_directory(path, model_type="gpt2", architectures=("GPT2LMHeadModel", "GPT2Model"), build=build,
+                                 device=device, dtype=dtype, rename_keys=add_prefix,
+                                 ignored_suffixes=_IGNORED_CHECKPOINT_SUFFIXES)
 
     def save_pretrained(self, path: str | os.PathLike) -> Path:
-        """写一个 `transformers.AutoModelForCausalLM.from_pretrained` 能加载的目录；每个文件都原子写入。"""
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        state = self.state_dict()
-        if self.config.tie_word_embeddings:
-            # safetensors 不允许两个键共享存储；HF 也只存 wte，加载时再绑回去
-            state.pop("lm_head.weight")
-        state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-        with atomic_path(path / "model.safetensors") as tmp:
-            save_file(state, tmp, metadata={"format": "pt"})  # HF 要求 metadata 里标明 format=pt
-        dtype = self.transformer.wte.weight.dtype
-        atomic_write(path / "config.json", json.dumps(config_to_hf_dict(self.config, dtype), indent=2) + "\n")
-        return path
+        """写一个 `transformers.AutoModelForCausalLM.from_pretrained` 能加载的目录；先写权重、最后写 config.json，
+        每个文件都原子写入；共享的 lm_head 不写（HF 也只存 wte，加载时再绑回去）。"""
+        return save_hf_directory(self, path, config_to_hf_dict(self.config))
 
 
 # ---------------------------------------------------------------------------
 # 演示：与 HF 对照
 # ---------------------------------------------------------------------------
-def hf_model_from_ours(model: GPT2, attn_implementation: str = "sdpa"):
-    """用同一份 config 与权重构造 transformers.GPT2LMHeadModel（测试、基准、main 共用）。"""
+def build_gpt2_hf_reference(model: GPT2, attn_implementation: str | None = None):
+    """用同一份 config 与权重构造 transformers.GPT2LMHeadModel（eval 模式、同 dtype；测试、基准、main 共用）。
+
+    attn_implementation：HF 那边的注意力实现（"eager" / "sdpa"）；None 时跟随我们的 config（注册的其他后端对应 "sdpa"）。
+    """
     import transformers
 
+    if attn_implementation is None:
+        ours = model.config.attn_implementation
+        attn_implementation = ours if ours in ("eager", "sdpa") else "sdpa"
     hf_config = transformers.GPT2Config(**config_to_hf_dict(model.config), attn_implementation=attn_implementation)
     hf = transformers.GPT2LMHeadModel(hf_config)
     hf.load_state_dict(model.state_dict())  # 名字与 Conv1D 布局一致：不需要任何改名或转置
-    return hf.to(model.transformer.wte.weight.dtype)
+    return hf.to(model.transformer.wte.weight.dtype).eval()
 
 
 @torch.no_grad()
@@ -655,7 +586,7 @@ def main() -> None:
                         n_layer=2 if smoke else 4, n_head=4, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
                         bos_token_id=None, eos_token_id=None)
     model = GPT2(config).eval()
-    hf = hf_model_from_ours(model).eval()
+    hf = build_gpt2_hf_reference(model)
     print(f"GPT-2 config: n_layer={config.n_layer} n_embd={config.n_embd} n_head={config.n_head} "
           f"vocab={config.vocab_size} n_positions={config.n_positions}")
     print(f"参数量 {model.num_parameters():,}（HF {hf.num_parameters():,}），"

@@ -3,12 +3,15 @@
 读法（自上而下）：
 1. LlamaConfig —— 字段名与 `transformers.LlamaConfig` 相同，构造时校验；读写 HF 的 config.json（v4/v5 两种 RoPE 写法）。
 2. RoPE 频率 —— default / linear / dynamic / yarn / llama3 五种 inv_freq，与 HF 的 ROPE_INIT_FUNCTIONS 数值相同。
-3. 注意力后端注册表 —— ATTENTION_BACKENDS["eager"]（手写）与 ["sdpa"]（F.scaled_dot_product_attention）；
-   以后 Triton/CUDA 的 FlashAttention 通过 register_attention_backend 加进来，模型本身不 import 它们。
-4. KVCache —— 预分配的 K/V 缓冲区，增量解码时每步只算新 token。
-5. 模块：RMSNorm、RotaryEmbedding、Attention、MLP、DecoderLayer、LlamaModel、Llama（权重名与 HF 相同）。
-6. Llama：forward（可带 targets 返回 loss）、generate、参数/FLOPs 计数、from_pretrained / save_pretrained。
-7. main()：与 HF 对照（logits、梯度、贪心生成），打印参数量、FLOPs/token 和速度。
+3. 模块：RMSNorm、RotaryEmbedding、Attention、MLP、DecoderLayer、LlamaModel（权重名与 HF 相同）。
+4. Llama：forward（(B, T) 批量或打包批量，可带 targets 返回 loss，可只在 logits_positions 上算 lm_head）、generate、
+   参数/FLOPs 计数、from_pretrained / save_pretrained。
+5. main()：与 HF 对照（logits、梯度、贪心生成），打印参数量、FLOPs/token 和速度。
+
+与其他模型共用的基础设施在可按名字导入的模块里（GPT-2 用的是同一套）：注意力后端注册表与掩码约定
+（model_lab/attention_backends.py；以后 Triton/CUDA 的 FlashAttention 注册进去，模型本身不 import 它们）、
+KVCache / PagedKVCache / AttnMetadata（model_lab/kv_cache.py）、HF 目录读写（model_lab/hf_io.py）、
+采样与生成循环（model_lab/generation.py）。
 
 按 ARCHITECTURE.md §4，本文件自带精简的 RMSNorm/RoPE/注意力，不 import 01_components 里的课程文件；
 两边都对照同一个参考实现（HF），所以不会悄悄走样。本文件在模块顶层不 import transformers（导入 model_lab 要便宜），
@@ -17,10 +20,8 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -29,18 +30,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model_lab.generation import sample_next_token, validate_sampling_args
-from utils.io import atomic_path, atomic_write, is_smoke
+from model_lab.attention_backends import get_attention_backend, make_attention_mask, packed_attention
+from model_lab.generation import check_max_new_tokens, generate
+from model_lab.hf_io import load_hf_directory, save_hf_directory
+from model_lab.kv_cache import AttnMetadata, KVCache, PagedKVCache, check_cache, check_logits_positions
+from utils.io import is_smoke
 
-__all__ = [
-    "ATTENTION_BACKENDS",
-    "KVCache",
-    "Llama",
-    "LlamaConfig",
-    "build_hf_reference",
-    "register_attention_backend",
-    "rope_inv_freq",
-]
+__all__ = ["Llama", "LlamaConfig", "build_llama_hf_reference", "rope_inv_freq"]
 
 # ---------------------------------------------------------------------------------------------------
 # 1. 配置
@@ -120,8 +116,8 @@ class LlamaConfig:
         if self.hidden_act != "silu":
             raise ValueError(f"hidden_act={self.hidden_act!r} 不支持：Llama 的 SwiGLU 只用 'silu'")
         if self.attention_dropout != 0:
-            raise ValueError(f"attention_dropout={self.attention_dropout} 不支持：注意力后端接口不含 dropout，"
-                             "Llama 预训练也不用它；请设为 0.0")
+            raise ValueError(f"attention_dropout={self.attention_dropout} 不支持：Llama 的预训练与微调都不用注意力 dropout"
+                             "（HF 的默认值也是 0.0）；请设为 0.0")
         if not self.rms_norm_eps > 0:
             raise ValueError(f"rms_norm_eps={self.rms_norm_eps} 必须 > 0")
         if not isinstance(self.attn_implementation, str):
@@ -268,97 +264,7 @@ def rope_inv_freq(config: LlamaConfig, seq_len: int | None = None) -> tuple[Tens
 
 
 # ---------------------------------------------------------------------------------------------------
-# 3. 注意力后端：fn(q, k, v, *, is_causal, attn_mask, scale) -> (B, H, T, D)
-#    q: (B, H, T, D)，k/v: (B, H_kv, S, D)。后端自己负责 GQA（复制 KV 头或原生支持）。
-#    is_causal=True 只在 T == S（没有缓存的前缀）时出现；有前缀或 padding 时模型给出 bool 的 attn_mask
-#    （形状可广播到 (B, H, T, S)，True = 可以看），is_causal=False。
-# ---------------------------------------------------------------------------------------------------
-
-AttentionFn = Callable[..., Tensor]
-
-
-def _repeat_kv(x: Tensor, n_rep: int) -> Tensor:
-    """(B, H_kv, S, D) -> (B, H_kv*n_rep, S, D)：第 j 个 KV 头服务第 j*n_rep ... (j+1)*n_rep-1 个 Q 头。"""
-    if n_rep == 1:
-        return x
-    b, h_kv, s, d = x.shape
-    return x[:, :, None].expand(b, h_kv, n_rep, s, d).reshape(b, h_kv * n_rep, s, d)
-
-
-def eager_attention(q: Tensor, k: Tensor, v: Tensor, *, is_causal: bool, attn_mask: Tensor | None,
-                    scale: float) -> Tensor:
-    """手写版：softmax(q k^T * scale + mask) v。softmax 在 fp32 里做（与 HF eager 相同），bf16 下更稳。"""
-    n_rep = q.size(1) // k.size(1)
-    k, v = _repeat_kv(k, n_rep), _repeat_kv(v, n_rep)  # (B, H, S, D)
-    scores = torch.matmul(q, k.transpose(-2, -1)) * scale  # (B, H, T, S)
-    if is_causal:
-        t, s = scores.shape[-2:]
-        attn_mask = torch.ones(t, s, dtype=torch.bool, device=q.device).tril()
-    if attn_mask is not None:
-        scores = scores.masked_fill(~attn_mask, float("-inf"))
-    probs = scores.softmax(dim=-1, dtype=torch.float32).to(q.dtype)
-    return torch.matmul(probs, v)  # (B, H, T, D)
-
-
-def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, *, is_causal: bool, attn_mask: Tensor | None,
-                   scale: float) -> Tensor:
-    """PyTorch 的融合注意力（CPU 上是 flash 式分块算法，GPU 上是 FlashAttention / memory-efficient 内核）。
-
-    GQA：不带 mask 时用 enable_gqa（内核内部按组广播，省掉复制 KV 的内存）；带 mask 时不少内核不支持
-    enable_gqa，就先把 KV 头复制到 H 个（与 HF 的选择相同）。
-    """
-    n_rep = q.size(1) // k.size(1)
-    if n_rep > 1 and attn_mask is not None:
-        k, v = _repeat_kv(k, n_rep), _repeat_kv(v, n_rep)
-        n_rep = 1
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=scale,
-                                          enable_gqa=n_rep > 1)
-
-
-ATTENTION_BACKENDS: dict[str, AttentionFn] = {"eager": eager_attention, "sdpa": sdpa_attention}
-
-
-def register_attention_backend(name: str, fn: AttentionFn) -> None:
-    """注册一个注意力实现（例如 Triton FlashAttention）；之后 LlamaConfig(attn_implementation=name) 即可使用。"""
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"注意力后端名 {name!r} 必须是非空字符串")
-    if not callable(fn):
-        raise ValueError(f"注意力后端 {name!r} 必须是可调用对象，签名 fn(q, k, v, *, is_causal, attn_mask, scale)")
-    ATTENTION_BACKENDS[name] = fn
-
-
-# ---------------------------------------------------------------------------------------------------
-# 4. KV cache：预分配 (L, B, H_kv, S_max, D)，解码时只写入新位置，不做 torch.cat（cat 每步都要复制整段历史）
-# ---------------------------------------------------------------------------------------------------
-
-
-class KVCache:
-    """每层的 K/V 缓冲区。`seq_len` 是已经写入的 token 数，也就是下一个 token 的位置。"""
-
-    def __init__(self, num_layers: int, batch_size: int, num_kv_heads: int, max_seq_len: int, head_dim: int,
-                 device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> None:
-        shape = (num_layers, batch_size, num_kv_heads, max_seq_len, head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.batch_size, self.max_seq_len, self.seq_len = batch_size, max_seq_len, 0
-
-    def update(self, layer_idx: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """写入新的 k/v（B, H_kv, T, D），返回这一层到目前为止的全部 K/V：(B, H_kv, seq_len+T, D)。"""
-        start, end = self.seq_len, self.seq_len + k.size(2)
-        self.k[layer_idx, :, :, start:end] = k
-        self.v[layer_idx, :, :, start:end] = v
-        return self.k[layer_idx, :, :, :end], self.v[layer_idx, :, :, :end]
-
-    def advance(self, n: int) -> None:
-        """所有层都写完之后调用一次：位置前进 n。"""
-        self.seq_len += n
-
-    def reset(self) -> None:
-        self.seq_len = 0
-
-
-# ---------------------------------------------------------------------------------------------------
-# 5. 模块
+# 3. 模块
 # ---------------------------------------------------------------------------------------------------
 
 
@@ -499,18 +405,26 @@ class Attention(nn.Module):
         qk = torch.cat((q, k), dim=-1).view(b, t, h + h_kv, d)  # HF 的顺序：每个头 [前半 | 后半]
         return interleave_halves(qk, dim=-1), v.view(b, t, h_kv, d)
 
-    def forward(self, x: Tensor, rope: Tensor, kv_cache: KVCache | None, attn_mask: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, rope: Tensor, kv_cache: KVCache | PagedKVCache | None, attn_mask: Tensor | None,
+                attn_metadata: AttnMetadata | None) -> Tensor:
         b, t, _ = x.shape
         h, h_kv, d = self.n_head, self.n_kv_head, self.head_dim
         qk, v = self.project_qkv(x)
-        q, k = apply_rope(qk, rope).split([h, h_kv], dim=2)  # q 与 k 一起旋转：一次算子
+        q, k = apply_rope(qk, rope).split([h, h_kv], dim=2)  # q 与 k 一起旋转：一次算子；(B, T, H 或 H_kv, D)
+        if attn_metadata is not None:  # 打包批量：B = 1，T = N 个首尾相接的 token，直接用 (N, H, D) 的 varlen 布局
+            k_ctx, v_ctx = k[0], v[0]  # (N, H_kv, D)
+            if kv_cache is not None:  # 写进块池，拿回整个块池 (num_blocks, block_size, H_kv, D)
+                k_ctx, v_ctx = kv_cache.update(self.layer_idx, k[0], v[0], attn_metadata.slot_mapping)
+            y = packed_attention(self.config.attn_implementation, q[0], k_ctx, v_ctx, attn_metadata=attn_metadata,
+                                 scale=self.scale)  # (N, H, D)
+            return self.o_proj(y.reshape(b, t, h * d))
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D), (B, H_kv, T, D) ×2
         has_prefix = kv_cache is not None and kv_cache.seq_len > 0
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)  # (B, H_kv, S, D)，S = 前缀 + T
         # 没有前缀也没有 padding 时走 is_causal（内核可跳过上三角）；有前缀时 mask 由模型统一构造
         is_causal = attn_mask is None and not has_prefix and t > 1
-        backend = ATTENTION_BACKENDS[self.config.attn_implementation]
+        backend = get_attention_backend(self.config.attn_implementation).fn
         y = backend(q, k, v, is_causal=is_causal, attn_mask=attn_mask, scale=self.scale)  # (B, H, T, D)
         y = y.transpose(1, 2).reshape(b, t, h * d)  # (B, T, H*D)
         return self.o_proj(y)
@@ -521,7 +435,11 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    """SwiGLU：down(silu(gate(x)) * up(x))。"""
+    """SwiGLU：down(act_fn(gate(x)) * up(x))，act_fn = SiLU。
+
+    激活是一个子模块属性（与 HF 的 LlamaMLP 相同），不是写死的 F.silu：换成自己写的 SiLU 只需
+    `model.model.layers[i].mlp.act_fn = MySiLU()`，课程里的手写组件就能放进完整模型里对照。
+    """
 
     def __init__(self, config: LlamaConfig) -> None:
         super().__init__()
@@ -529,9 +447,10 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(h, i, bias=bias)
         self.up_proj = nn.Linear(h, i, bias=bias)
         self.down_proj = nn.Linear(i, h, bias=bias)
+        self.act_fn = nn.SiLU()
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
 
 
 class DecoderLayer(nn.Module):
@@ -544,8 +463,9 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = MLP(config)
 
-    def forward(self, x: Tensor, rope: Tensor, kv_cache: KVCache | None, attn_mask: Tensor | None) -> Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), rope, kv_cache, attn_mask)
+    def forward(self, x: Tensor, rope: Tensor, kv_cache: KVCache | PagedKVCache | None, attn_mask: Tensor | None,
+                attn_metadata: AttnMetadata | None) -> Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), rope, kv_cache, attn_mask, attn_metadata)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -559,17 +479,17 @@ class LlamaModel(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary_emb = RotaryEmbedding(config)
 
-    def forward(self, input_ids: Tensor, position_ids: Tensor, kv_cache: KVCache | None,
-                attn_mask: Tensor | None) -> Tensor:
+    def forward(self, input_ids: Tensor, position_ids: Tensor, kv_cache: KVCache | PagedKVCache | None,
+                attn_mask: Tensor | None, attn_metadata: AttnMetadata | None) -> Tensor:
         x = self.embed_tokens(input_ids)  # (B, T, C)
         rope = self.rotary_emb(position_ids)  # (B 或 1, T, 1, D/2, 2)，所有层共用
         for layer in self.layers:
-            x = layer(x, rope, kv_cache, attn_mask)
+            x = layer(x, rope, kv_cache, attn_mask, attn_metadata)
         return self.norm(x)
 
 
 # ---------------------------------------------------------------------------------------------------
-# 6. Llama：语言模型 = 主干 + lm_head
+# 4. Llama：语言模型 = 主干 + lm_head
 # ---------------------------------------------------------------------------------------------------
 
 
@@ -579,17 +499,15 @@ class Llama(nn.Module):
 
     def __init__(self, config: LlamaConfig) -> None:
         super().__init__()
-        if config.attn_implementation not in ATTENTION_BACKENDS:
-            raise ValueError(f"attn_implementation={config.attn_implementation!r} 未注册；已注册的后端："
-                             f"{sorted(ATTENTION_BACKENDS)}（用 register_attention_backend 注册新的）")
+        get_attention_backend(config.attn_implementation)  # 名字拼错在构造时就报错，而不是第一次前向时
         self.config = config
         self.model = LlamaModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight  # 输入/输出共享同一矩阵
-        self._init_weights()
+        self.reset_parameters()
 
-    def _init_weights(self) -> None:
+    def reset_parameters(self) -> None:
         """GPT-2 式初始化：所有 Linear/Embedding ~ N(0, 0.02)；写回残差流的投影（o_proj、down_proj）再除以 sqrt(2L)。
 
         为什么：每层往残差流里加 2 次（注意力、MLP），L 层共 2L 个独立增量，方差相加；
@@ -630,14 +548,20 @@ class Llama(nn.Module):
 
     # ---- 前向 ----
     def make_kv_cache(self, batch_size: int, max_seq_len: int | None = None) -> KVCache:
-        """为增量解码分配 KV cache（设备、dtype 与模型权重相同）。"""
+        """为 (B, T) 批量的增量解码分配稠密 KV cache（设备、dtype 与模型权重相同）。"""
         c = self.config
         max_seq_len = max_seq_len or c.max_position_embeddings
         w = self.lm_head.weight
         return KVCache(c.num_hidden_layers, batch_size, c.num_key_value_heads, max_seq_len, c.head_dim,
                        device=w.device, dtype=w.dtype)
 
-    def _check_input_ids(self, input_ids: Tensor, start: int = 0, max_new_tokens: int = 0) -> None:
+    def make_paged_kv_cache(self, num_blocks: int, block_size: int = 16) -> PagedKVCache:
+        """为打包批量分配分页 KV cache（vLLM 布局，设备、dtype 与模型权重相同）。"""
+        c, w = self.config, self.lm_head.weight
+        return PagedKVCache(c.num_hidden_layers, num_blocks, block_size, c.num_key_value_heads, c.head_dim,
+                            device=w.device, dtype=w.dtype)
+
+    def _check_input_ids(self, input_ids: Tensor) -> None:
         if not isinstance(input_ids, Tensor) or input_ids.dim() != 2:
             shape = tuple(input_ids.shape) if isinstance(input_ids, Tensor) else type(input_ids).__name__
             raise ValueError(f"input_ids 应为 (B, T) 的整数张量，实际是 {shape}")
@@ -645,12 +569,12 @@ class Llama(nn.Module):
             raise ValueError(f"input_ids 的 dtype 是 {input_ids.dtype}，应为 torch.long（token id）")
         if input_ids.size(1) == 0:
             raise ValueError("input_ids 的长度 T=0：至少需要一个 token")
+
+    def _check_length_and_vocab(self, input_ids: Tensor, end: int, parts: str) -> None:
+        """end：本次涉及的最大序列长度（前缀 + 输入 [+ 生成]）；parts 说明它由哪几部分组成。"""
         c = self.config
-        end = start + input_ids.size(1) + max_new_tokens
         # 只有 dynamic RoPE 的设计目的就是超出训练长度（按当前长度放大 theta），其余类型超出即报错
         if end > c.max_position_embeddings and c.rope_type != "dynamic":
-            parts = f"前缀 {start} + " if start else ""
-            parts += f"输入 {input_ids.size(1)}" + (f" + 生成 {max_new_tokens}" if max_new_tokens else "")
             raise ValueError(f"序列长度 {end}（{parts}）超过 max_position_embeddings={c.max_position_embeddings}；"
                              "请截断输入、减少生成长度，或使用 rope_scaling 扩展上下文")
         if torch.compiler.is_compiling():
@@ -660,8 +584,9 @@ class Llama(nn.Module):
             bad = lo if lo < 0 else hi
             raise ValueError(f"token id {bad} 超出词表范围 [0, {c.vocab_size})：检查分词器与 vocab_size 是否一致")
 
-    def forward(self, input_ids: Tensor, targets: Tensor | None = None, *, kv_cache: KVCache | None = None,
-                position_ids: Tensor | None = None, attention_mask: Tensor | None = None
+    def forward(self, input_ids: Tensor, targets: Tensor | None = None, *, position_ids: Tensor | None = None,
+                attention_mask: Tensor | None = None, kv_cache: KVCache | PagedKVCache | None = None,
+                attn_metadata: AttnMetadata | None = None, logits_positions: Tensor | None = None
                 ) -> Tensor | tuple[Tensor, Tensor]:
         """input_ids (B, T) -> logits (B, T, V)；给了 targets 则返回 (logits, loss)。
 
@@ -669,55 +594,62 @@ class Llama(nn.Module):
         与 HF 的 labels 的关系：HF 在内部做移位，labels 与 input_ids 对齐（通常 labels = input_ids），
         等价的 targets = labels 左移一位、末尾补 -100：`targets = F.pad(labels[:, 1:], (0, 1), value=-100)`。
 
-        kv_cache：增量解码。前缀长度 = kv_cache.seq_len，新 token 的位置从它开始，K/V 写进缓存，调用后前进 T。
-        position_ids：(B, T) 或 (T,)，默认 start..start+T-1（左侧 padding 的批量生成需要自己给）。
-        attention_mask：(B, S) 的 0/1，S = 前缀 + T，0 表示 padding（该位置不被任何 query 看到）。
+        两种批量：
+        - (B, T) 批量：position_ids (B, T) 或 (T,)，默认 start..start+T-1；attention_mask (B, 前缀+T) 的 0/1，
+          0 = padding（该位置不被任何 query 看到）；kv_cache 是 KVCache：前缀长度 = kv_cache.seq_len，
+          K/V 写进缓存，调用后前进 T。
+        - 打包批量（attn_metadata 不为 None）：input_ids (1, N) 是几条序列首尾相接，每个 token 只看自己序列里
+          不晚于它的 token（以及 PagedKVCache 里该序列已缓存的上下文）；position_ids 默认由元数据推出，给了就必须一致；
+          kv_cache 只能是 PagedKVCache（用 cache.prepare(...) 生成的元数据）。
+        logits_positions：(K,) 的扁平下标（摊平成 B·T 后的位置），只在这些位置算 lm_head，返回 (K, V)；
+        推理引擎传 attn_metadata.last_token_indices。此时不能给 targets。
         """
-        b, t = input_ids.shape if isinstance(input_ids, Tensor) and input_ids.dim() == 2 else (0, 0)
-        start = kv_cache.seq_len if kv_cache is not None else 0
-        self._check_input_ids(input_ids, start)
-        if kv_cache is not None:
-            if kv_cache.batch_size != b:
-                raise ValueError(f"kv_cache 的 batch_size={kv_cache.batch_size} 与 input_ids 的 B={b} 不一致")
-            if start + t > kv_cache.max_seq_len:
-                raise ValueError(f"kv_cache 容量 {kv_cache.max_seq_len} 不够：已有 {start}，再写 {t}；"
-                                 "用 make_kv_cache(batch_size, max_seq_len) 分配更大的缓存")
-        if position_ids is None:
-            position_ids = torch.arange(start, start + t, device=input_ids.device)[None]  # (1, T)
-        elif position_ids.dim() == 1:
-            position_ids = position_ids[None]
-        h = self._forward_hidden(input_ids, position_ids, kv_cache, attention_mask)  # (B, T, C)
-        logits = self.lm_head(h)  # (B, T, V)
+        self._check_input_ids(input_ids)
+        b, t = input_ids.shape
+        c, w = self.config, self.lm_head.weight
+        check_cache(kv_cache, attn_metadata, batch_size=b, new_tokens=t, num_layers=c.num_hidden_layers,
+                    num_kv_heads=c.num_key_value_heads, head_dim=c.head_dim, dtype=w.dtype, device=w.device)
+        if attn_metadata is not None:
+            if attention_mask is not None:
+                raise ValueError("打包批量不用 attention_mask：序列边界与可见范围由 attn_metadata 给出")
+            position_ids = attn_metadata.check_inputs(input_ids, position_ids)
+            self._check_length_and_vocab(input_ids, attn_metadata.max_seqlen_k, "打包批量里最长的上下文")
+        else:
+            start = kv_cache.seq_len if kv_cache is not None else 0
+            self._check_length_and_vocab(input_ids, start + t, (f"前缀 {start} + " if start else "") + f"输入 {t}")
+            if attention_mask is not None and tuple(attention_mask.shape) != (b, start + t):
+                raise ValueError(f"attention_mask 形状应为 (B, 前缀+T) = ({b}, {start + t})，"
+                                 f"实际 {tuple(attention_mask.shape)}")
+            if position_ids is None:
+                position_ids = torch.arange(start, start + t, device=input_ids.device)[None]  # (1, T)
+            elif position_ids.dim() == 1:
+                position_ids = position_ids[None]
+        if targets is not None and targets.shape != input_ids.shape:
+            raise ValueError(f"targets 的形状 {tuple(targets.shape)} 应与 input_ids {tuple(input_ids.shape)} 相同")
+        h = self.forward_hidden(input_ids, position_ids, kv_cache, attention_mask, attn_metadata)  # (B, T, C)
+        if logits_positions is not None:
+            h = h.flatten(0, 1)[check_logits_positions(logits_positions, b * t, targets)]  # (K, C)
+        logits = self.lm_head(h)  # (B, T, V) 或 (K, V)
         if targets is None:
             return logits
-        if targets.shape != input_ids.shape:
-            raise ValueError(f"targets 的形状 {tuple(targets.shape)} 应与 input_ids {tuple(input_ids.shape)} 相同")
         # 交叉熵在 fp32 里算：bf16 的 log-softmax 在大词表上误差明显
         loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
         return logits, loss
 
-    @staticmethod
-    def _build_attn_mask(t: int, start: int, attention_mask: Tensor | None, device: torch.device,
-                         b: int) -> Tensor | None:
-        """返回 bool 掩码 (B 或 1, 1, T, S)，True = 可以看；无前缀且无 padding 时返回 None（走 is_causal）。
+    def forward_hidden(self, input_ids: Tensor, position_ids: Tensor, kv_cache: KVCache | PagedKVCache | None = None,
+                       attention_mask: Tensor | None = None, attn_metadata: AttnMetadata | None = None) -> Tensor:
+        """主干前向（不做输入检查、不算 lm_head），返回 (B, T, C)。generate 与推理引擎自己检查过输入后直接调它。
 
-        有前缀（KV cache）时，第 i 个新 query 的位置是 start+i，可以看 key 0..start+i（右下对齐的因果掩码）。
-        只有 1 个新 token 且无 padding 时，它能看全部 key，也不需要掩码。
+        (B, T) 批量：构造掩码 -> 各层 -> 稠密缓存前进 T。打包批量：掩码由元数据决定，分页缓存的位置由 prepare 管理。
         """
-        s = start + t
-        if attention_mask is None:
-            if start == 0 or t == 1:
-                return None
-            pad = None
-        else:
-            if attention_mask.shape != (b, s):
-                raise ValueError(f"attention_mask 形状应为 (B, 前缀+T) = ({b}, {s})，实际 {tuple(attention_mask.shape)}")
-            pad = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, S)
-        q_pos = torch.arange(start, s, device=device)[:, None]  # (T, 1)
-        causal = torch.arange(s, device=device)[None, :] <= q_pos  # (T, S)
-        mask = causal[None, None] if pad is None else causal[None, None] & pad  # (B|1, 1, T, S)
-        # padding 位置上的 query 可能一个 key 都看不到，softmax 会得到 NaN；让它看全部（其输出无人使用）
-        return mask | ~mask.any(dim=-1, keepdim=True)
+        if attn_metadata is not None:
+            return self.model(input_ids, position_ids, kv_cache, None, attn_metadata)
+        start = kv_cache.seq_len if kv_cache is not None else 0
+        attn_mask = make_attention_mask(input_ids.size(1), start, attention_mask, input_ids.device)
+        h = self.model(input_ids, position_ids, kv_cache, attn_mask, None)
+        if kv_cache is not None:
+            kv_cache.advance(input_ids.size(1))
+        return h
 
     # ---- 生成 ----
     @torch.no_grad()
@@ -725,155 +657,68 @@ class Llama(nn.Module):
                  top_p: float | None = None, *, generator: torch.Generator | None = None,
                  eos_token_id: int | None = None, attention_mask: Tensor | None = None,
                  use_cache: bool = True) -> Tensor:
-        """自回归生成，返回 (B, T + 生成的长度)。temperature=0 为贪心（与 HF 的 do_sample=False 相同）。
+        """自回归生成，返回 (B, T + 生成的长度)；循环本身在 model_lab.generation.generate（与 GPT-2 共用）。
 
-        use_cache=True：先整段 prefill 写入 KV cache，之后每步只喂 1 个 token；False：每步重算整个序列（慢，用于对照）。
-        eos_token_id：某行生成 eos 后，之后填 pad_token_id（没有则填 eos）；所有行都结束就提前停止。
+        temperature=0 为贪心（与 HF 的 do_sample=False 相同）。use_cache=False 每步重算整个序列（慢，用于对照）。
+        eos_token_id：某行生成 eos 后，之后填 config.pad_token_id（没有则填 eos）；所有行都结束就提前停止。
         attention_mask：左侧 padding 的批量生成（(B, T) 的 0/1），位置编号按 HF 的规则从第一个真实 token 记 0。
         """
-        validate_sampling_args(temperature, top_k, top_p)
-        if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens={max_new_tokens!r} 必须是 >= 0 的整数")
-        self._check_input_ids(input_ids, max_new_tokens=max_new_tokens)
-        b, t = input_ids.shape
-        if max_new_tokens == 0:
-            return input_ids
-        pad_id = self.config.pad_token_id if self.config.pad_token_id is not None else eos_token_id
-        mask = None if attention_mask is None else attention_mask.to(torch.long)
+        check_max_new_tokens(max_new_tokens)
+        self._check_input_ids(input_ids)
+        t = input_ids.size(1)
+        self._check_length_and_vocab(input_ids, t + max_new_tokens, f"输入 {t} + 生成 {max_new_tokens}")
+        return generate(self, input_ids, max_new_tokens, temperature, top_k, top_p, generator=generator,
+                        eos_token_id=eos_token_id, attention_mask=attention_mask, use_cache=use_cache,
+                        pad_token_id=self.config.pad_token_id)
 
-        def positions(m: Tensor | None, length: int) -> Tensor:
-            if m is None:
-                return torch.arange(length, device=input_ids.device)[None]
-            return (m.cumsum(-1) - 1).masked_fill(m == 0, 1)  # 与 HF generate 相同：padding 的位置号填 1
-
-        cache = self.make_kv_cache(b, t + max_new_tokens) if use_cache else None
-        seq, new_ids = input_ids, input_ids
-        finished = torch.zeros(b, dtype=torch.bool, device=input_ids.device)
-        for _ in range(max_new_tokens):
-            pos = positions(mask, seq.size(1))
-            if cache is not None:
-                pos = pos[:, -new_ids.size(1):]
-                h = self._forward_hidden(new_ids, pos, cache, mask)
-            else:
-                h = self._forward_hidden(seq, pos, None, mask)
-            logits = self.lm_head(h[:, -1, :]).float()  # 只算最后一个位置：省掉 (T-1) * V 的 lm_head 计算
-            next_id = sample_next_token(logits, temperature, top_k, top_p, generator)  # (B,)
-            if eos_token_id is not None:
-                next_id = torch.where(finished, torch.full_like(next_id, pad_id), next_id)
-                finished |= next_id == eos_token_id
-            new_ids = next_id[:, None]
-            seq = torch.cat([seq, new_ids], dim=1)
-            if mask is not None:
-                mask = torch.cat([mask, mask.new_ones(b, 1)], dim=1)
-            if eos_token_id is not None and bool(finished.all()):
-                break
-        return seq
-
-    def _forward_hidden(self, ids: Tensor, position_ids: Tensor, cache: KVCache | None,
-                        attention_mask: Tensor | None) -> Tensor:
-        """主干前向（不做输入检查、不算 lm_head）：构造掩码 -> 各层 -> 写完缓存后前进位置。"""
-        start = cache.seq_len if cache is not None else 0
-        attn_mask = self._build_attn_mask(ids.size(1), start, attention_mask, ids.device, ids.size(0))
-        h = self.model(ids, position_ids, cache, attn_mask)
-        if cache is not None:
-            cache.advance(ids.size(1))
-        return h
-
-    # ---- 与 HF 目录互通 ----
+    # ---- 与 HF 目录互通（model_lab/hf_io.py） ----
     def save_pretrained(self, save_dir: str | os.PathLike) -> Path:
         """写出 HF 格式目录：model.safetensors + config.json（AutoModelForCausalLM.from_pretrained 可直接加载）。
 
-        共享权重时不写 lm_head.weight（与 HF 相同，它由 tie_word_embeddings 在加载时重新绑定）。
-        每个文件原子写入；先写权重、最后写 config.json，于是"有 config.json 的目录"里权重一定是完整的。
+        共享权重时不写 lm_head.weight；先写权重、最后写 config.json，每个文件原子写入。
         """
-        from safetensors.torch import save_file
-
-        save_dir = Path(save_dir)
-        save_dir.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()
-                   if not (self.config.tie_word_embeddings and k == "lm_head.weight")}
-        with atomic_path(save_dir / "model.safetensors") as tmp:
-            save_file(tensors, str(tmp), metadata={"format": "pt"})
         cfg = self.config.to_dict()
         cfg.pop("attn_implementation")  # 运行时选择，不是权重的属性
-        cfg["dtype"] = str(self.lm_head.weight.dtype).removeprefix("torch.")
-        atomic_write(save_dir / "config.json", json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-        return save_dir
+        return save_hf_directory(self, save_dir, cfg)
 
     @classmethod
     def from_pretrained(cls, load_dir: str | os.PathLike, device: torch.device | str | None = None,
                         dtype: torch.dtype | None = None, attn_implementation: str = "sdpa") -> Llama:
         """加载 HF LlamaForCausalLM.save_pretrained 写出的目录（单个 model.safetensors 或分片 + index.json）。
 
-        dtype=None 时保持文件里的 dtype。模型先建在 meta 设备上（不分配内存、不做随机初始化），
-        再把读到的张量直接装进去：大模型加载时不会先占一份随机权重的内存。
+        dtype=None 时保持文件里的 dtype。模型先建在 meta 设备上，再把读到的张量直接装进去：
+        大模型加载时不会先占一份随机权重的内存。旧版 HF checkpoint 里的 rotary_emb.inv_freq 由 config 决定，忽略。
         """
-        from safetensors.torch import load_file
+        def build(raw: dict[str, Any]) -> Llama:
+            return cls(LlamaConfig.from_dict({**raw, "attn_implementation": attn_implementation}))
 
-        load_dir = Path(load_dir)
-        if not load_dir.is_dir():
-            raise FileNotFoundError(f"模型目录 {load_dir} 不存在")
-        config_file = load_dir / "config.json"
-        if not config_file.is_file():
-            raise FileNotFoundError(f"{load_dir} 里没有 config.json：这不是 save_pretrained 写出的模型目录")
-        raw = json.loads(config_file.read_text(encoding="utf-8"))
-        archs = raw.get("architectures") or ["LlamaForCausalLM"]
-        if raw.get("model_type", "llama") != "llama" or "LlamaForCausalLM" not in archs:
-            raise ValueError(f"{load_dir} 是 model_type={raw.get('model_type')!r}、architectures={archs} 的模型，"
-                             "不是 LlamaForCausalLM")
-        raw["attn_implementation"] = attn_implementation
-        config = LlamaConfig.from_dict(raw)
+        def after_load(model: nn.Module) -> None:  # meta 上建的非持久 buffer 要按 config 重新算
+            model.model.rotary_emb.reset_inv_freq(device)
 
-        single, index = load_dir / "model.safetensors", load_dir / "model.safetensors.index.json"
-        if single.is_file():
-            state = load_file(str(single))
-        elif index.is_file():
-            shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
-            state = {}
-            for shard in shards:
-                state.update(load_file(str(load_dir / shard)))
-        else:
-            raise FileNotFoundError(f"{load_dir} 里没有 model.safetensors（或 model.safetensors.index.json）；"
-                                    "只支持 safetensors 格式")
-        # 旧版 HF checkpoint 里可能存了 RoPE 的 inv_freq buffer：它由 config 决定，忽略
-        state = {k: v for k, v in state.items() if not k.endswith("rotary_emb.inv_freq")}
-        if config.tie_word_embeddings:
-            state.pop("lm_head.weight", None)
-
-        with torch.device("meta"):
-            model = cls(config)
-        expected = {k: v for k, v in model.state_dict().items()
-                    if not (config.tie_word_embeddings and k == "lm_head.weight")}
-        missing = sorted(set(expected) - set(state))
-        unexpected = sorted(set(state) - set(expected))
-        if missing or unexpected:
-            raise ValueError(f"{load_dir} 的权重与 config 不匹配：缺少 {missing[:8]}{'…' if len(missing) > 8 else ''}"
-                             f"；多出 {unexpected[:8]}{'…' if len(unexpected) > 8 else ''}")
-        for k, v in expected.items():
-            if state[k].shape != v.shape:
-                raise ValueError(f"权重 {k} 的形状 {tuple(state[k].shape)} 与 config 推出的 {tuple(v.shape)} 不一致")
-        state = {k: v.to(device=device, dtype=dtype) for k, v in state.items()}
-        model.load_state_dict(state, strict=False, assign=True)
-        if config.tie_word_embeddings:
-            model.lm_head.weight = model.model.embed_tokens.weight
-        model.model.rotary_emb.reset_inv_freq(device)  # meta 上建的非持久 buffer 要按 config 重新算
-        return model.eval()
+        return load_hf_directory(load_dir, model_type="llama", architectures=("LlamaForCausalLM",), build=build,
+                                 device=device, dtype=dtype, ignored_suffixes=("rotary_emb.inv_freq",),
+                                 after_load=after_load)
 
 
 # ---------------------------------------------------------------------------------------------------
-# 7. 演示与对照
+# 5. 演示与对照
 # ---------------------------------------------------------------------------------------------------
 
 
-def build_hf_reference(model: Llama):
-    """构造同配置、同权重的 HF LlamaForCausalLM（eval 模式、同 dtype）；main、测试和基准用它做对照。"""
+def build_llama_hf_reference(model: Llama, attn_implementation: str | None = None):
+    """构造同配置、同权重的 HF LlamaForCausalLM（eval 模式、同 dtype）；main、测试和基准用它做对照。
+
+    attn_implementation：HF 那边的注意力实现（"eager" / "sdpa"）；None 时跟随我们的 config（注册的其他后端对应 "sdpa"）。
+    """
     import transformers
 
     cfg = model.config.to_dict()
-    cfg.pop("attn_implementation")
+    ours = cfg.pop("attn_implementation")
     for key in ("architectures", "model_type"):
         cfg.pop(key)
-    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**cfg))
+    if attn_implementation is None:
+        attn_implementation = ours if ours in ("eager", "sdpa") else "sdpa"
+    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**cfg, attn_implementation=attn_implementation))
     hf.load_state_dict(model.state_dict())
     rotary = hf.model.rotary_emb
     inv_freq, original = rotary.inv_freq.clone(), rotary.original_inv_freq.clone()
@@ -899,7 +744,7 @@ def main() -> None:
           f"（不含嵌入 {model.num_parameters(exclude_embeddings=True):,}）, "
           f"训练 FLOPs/token @T={t}: {model.flops_per_token(t) / 1e6:.2f} M")
 
-    hf = build_hf_reference(model)
+    hf = build_llama_hf_reference(model)
     ids = torch.randint(0, config.vocab_size, (b, t))
     targets = F.pad(ids[:, 1:], (0, 1), value=-100)
     model.train()

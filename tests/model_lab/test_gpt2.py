@@ -4,7 +4,6 @@ KV cache、padding 掩码、save/load 双向往返、参数量与 FLOPs 计数�
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import math
 
@@ -13,11 +12,11 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from model_lab import GPT2, GPT2Config, build_gpt2_hf_reference
+
 transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()
 
-gpt2 = importlib.import_module("model_lab.02_architectures.gpt2")
-GPT2, GPT2Config = gpt2.GPT2, gpt2.GPT2Config
 
 NO_DROPOUT = dict(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=None, eos_token_id=None)
 
@@ -39,7 +38,7 @@ def make_pair(name: str, seed: int = 0):
     kwargs, attn = CONFIGS[name]
     torch.manual_seed(seed)
     model = GPT2(GPT2Config(**kwargs, **NO_DROPOUT)).eval()
-    hf = gpt2.hf_model_from_ours(model, attn_implementation=attn).eval()
+    hf = build_gpt2_hf_reference(model, attn_implementation=attn)
     return model, hf
 
 
@@ -266,9 +265,9 @@ def test_gpt2_small_has_124m_parameters():
 def test_flops_per_token_matches_torch_flop_counter(pair):
     from torch.utils.flop_counter import FlopCounterMode
 
-    # CPU 上 SDPA 的 kernel 没有在 FlopCounterMode 里登记（计为 0），所以用走 manual_attention 的同结构模型来数：
+    # CPU 上 SDPA 的 kernel 没有在 FlopCounterMode 里登记（计为 0），所以用 eager 后端的同结构模型来数：
     # 那条路径的 q·kᵀ 与 att·v 是普通 matmul，计数器看得见
-    model = GPT2(dataclasses.replace(pair[0].config, reorder_and_upcast_attn=True))
+    model = GPT2(dataclasses.replace(pair[0].config, attn_implementation="eager"))
     B, T = 2, 12
     ids = torch.randint(0, model.config.vocab_size, (B, T))
     counter = FlopCounterMode(display=False)

@@ -8,8 +8,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-llama = importlib.import_module("model_lab.02_architectures.llama")
-Llama, LlamaConfig = llama.Llama, llama.LlamaConfig
+from model_lab import (
+    ATTENTION_BACKENDS,
+    Llama,
+    LlamaConfig,
+    build_llama_hf_reference,
+    eager_attention,
+    register_attention_backend,
+)
+
+llama = importlib.import_module("model_lab.02_architectures.llama")  # 模块私有的 RoPE 辅助函数
 
 BASE = dict(vocab_size=97, hidden_size=48, intermediate_size=80, num_hidden_layers=2, max_position_embeddings=96)
 
@@ -39,7 +47,7 @@ def make_pair(name: str, seed: int = 0, **overrides):
         for n, p in model.named_parameters():
             if "norm" in n or n.endswith("bias"):
                 p.add_(torch.randn_like(p) * 0.1)
-    return model, llama.build_hf_reference(model)
+    return model, build_llama_hf_reference(model)
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
@@ -152,11 +160,11 @@ def test_eos_stops_and_pads():
 def test_attention_backends_agree_and_registry_is_used():
     calls = []
 
-    def counting_backend(q, k, v, *, is_causal, attn_mask, scale):
+    def counting_backend(q, k, v, *, is_causal, attn_mask, scale, dropout_p=0.0):
         calls.append((q.shape, k.shape, is_causal, attn_mask is None))
-        return llama.eager_attention(q, k, v, is_causal=is_causal, attn_mask=attn_mask, scale=scale)
+        return eager_attention(q, k, v, is_causal=is_causal, attn_mask=attn_mask, scale=scale, dropout_p=dropout_p)
 
-    llama.register_attention_backend("test_counting", counting_backend)
+    register_attention_backend("test_counting", counting_backend)
     try:
         model, _ = make_pair("mqa_yarn", seed=17)
         ids = torch.randint(0, 97, (2, 9))
@@ -165,7 +173,7 @@ def test_attention_backends_agree_and_registry_is_used():
             model.config.attn_implementation = "test_counting"
             torch.testing.assert_close(model(ids), ref, rtol=1e-5, atol=1e-5)
     finally:
-        del llama.ATTENTION_BACKENDS["test_counting"]
+        del ATTENTION_BACKENDS["test_counting"]
     # 后端拿到的是未复制的 KV 头：q (B, 4, T, D)，k (B, 1, S, D)
     assert calls[0][0][1] == 4 and calls[0][1][1] == 1 and calls[0][2] is True
 

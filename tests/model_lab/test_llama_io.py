@@ -9,8 +9,9 @@ import pytest
 import torch
 import transformers
 
-llama = importlib.import_module("model_lab.02_architectures.llama")
-Llama, LlamaConfig = llama.Llama, llama.LlamaConfig
+from model_lab import Llama, LlamaConfig
+
+llama = importlib.import_module("model_lab.02_architectures.llama")  # 模块私有的 rope_inv_freq
 
 SMALL = dict(vocab_size=97, hidden_size=48, intermediate_size=80, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=64)
