@@ -16,7 +16,7 @@
 一个训练步（fp16 时 scaler 生效；bf16/fp32 时传 DynamicLossScaler(enabled=False)，代码不变）：
     optimizer.zero_grad(set_to_none=True)
     loss = accumulate_gradients(model, split_micro_batches(x, y, k), scaler=scaler,
-                                autocast=lambda: autocast_context("fp16"))
+                                autocast=lambda: autocast_context("float16"))
     scaler.unscale_(optimizer)                       # 先还原真实梯度，再裁剪
     grad_norm = clip_grad_norm(model.parameters(), 1.0)
     scaler.step(optimizer); scaler.update(); scheduler.step()
@@ -50,6 +50,10 @@ _EXPORTS = {
     "cross_entropy": "cross_entropy_loss",  # 模块名与函数名不同：否则导入子模块会把包属性覆盖成模块
     "DynamicLossScaler": "mixed_precision",
     "autocast_context": "mixed_precision",
+    "canonical_precision": "mixed_precision",
+    "precision_dtype": "mixed_precision",
+    "PRECISIONS": "mixed_precision",
+    "PRECISION_ALIASES": "mixed_precision",
     "accumulate_gradients": "grad_accumulation",
     "split_micro_batches": "grad_accumulation",
     "checkpoint": "activation_checkpointing",

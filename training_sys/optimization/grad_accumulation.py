@@ -48,7 +48,7 @@ def accumulate_gradients(model: nn.Module, micro_batches: Sequence[tuple[torch.T
     model(inputs) 返回 logits (..., V)；loss 是 cross_entropy，按整个大批次的有效 token 数归一化，
     所以结果与把所有 micro-batch 拼起来一次 backward 相同。调用前 zero_grad，调用后 clip / step。
     scaler：fp16 时传 DynamicLossScaler（对每份 loss 先 scale 再 backward）；autocast：一个返回上下文管理器的函数，
-    例如 lambda: autocast_context("bf16")。
+    例如 lambda: autocast_context("bfloat16")。
     """
     if len(micro_batches) == 0:
         raise ValueError("micro_batches 为空：至少需要一个 (inputs, targets)")

@@ -33,16 +33,36 @@ from torch import nn
 from utils.io import is_smoke
 from utils.torch_playground import setup_seed
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+# 全仓库唯一的精度名单：名字与 torch.dtype 的属性名相同（torch.bfloat16 ↔ "bfloat16"），
+# 预训练的 --dtype、端到端流水线与本文件的 autocast_context 都用它
+PRECISIONS = ("float32", "bfloat16", "float16")
+# 常见的简写（混合精度文献、DeepSpeed/Lightning 的配置里都这么写）：接受，并明确地换成正式名字
+PRECISION_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def canonical_precision(name: str) -> str:
+    """精度名 → 正式名字（PRECISIONS 之一）；简写按 PRECISION_ALIASES 换算，其余一律报错，不会被悄悄忽略。"""
+    if name in PRECISIONS:
+        return name
+    if name in PRECISION_ALIASES:
+        return PRECISION_ALIASES[name]
+    aliases = "、".join(f"{a} = {c}" for a, c in PRECISION_ALIASES.items())
+    raise ValueError(f"精度 {name!r} 未知；可选 {PRECISIONS}（也接受简写：{aliases}）")
+
+
+def precision_dtype(name: str) -> torch.dtype:
+    """精度名（正式名字或简写）→ torch.dtype。"""
+    return getattr(torch, canonical_precision(name))
 
 
 def autocast_context(precision: str, device_type: str = "cpu"):
-    """训练循环用的 autocast：precision 为 "fp32"（不开）、"bf16" 或 "fp16"（需配合 DynamicLossScaler）。"""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision={precision!r} 未知；可选 {PRECISIONS}")
-    if precision == "fp32":
+    """训练循环用的 autocast：precision 为 "float32"（不开）、"bfloat16" 或 "float16"（需配合 DynamicLossScaler）。
+
+    也接受简写 fp32 / bf16 / fp16（见 PRECISION_ALIASES）。
+    """
+    dtype = precision_dtype(precision)
+    if dtype == torch.float32:
         return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device_type, dtype=dtype)
 
 
@@ -179,7 +199,7 @@ def run_fp16_training(scaler, steps: int, inf_steps: set[int], seed: int = 0):
     history = []
     for step in range(steps):
         x, y = torch.randn(16, 32), torch.randn(16, 8)
-        with autocast_context("fp16"):
+        with autocast_context("float16"):
             loss = nn.functional.mse_loss(model(x).float(), y)
         opt.zero_grad()
         scaler.scale(loss).backward()
@@ -217,7 +237,7 @@ def main() -> None:
 
     print("== bf16 autocast：不需要 scaler，loss 与 fp32 接近 ==")
     model, x, y = _mlp(), torch.randn(64, 32), torch.randn(64, 8)
-    with autocast_context("bf16"):
+    with autocast_context("bfloat16"):
         out = model(x)
     loss16 = nn.functional.mse_loss(out.float(), y).item()
     loss32 = nn.functional.mse_loss(model(x), y).item()

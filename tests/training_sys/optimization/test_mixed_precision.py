@@ -6,7 +6,15 @@ import pytest
 import torch
 from torch import nn
 
-from training_sys.optimization import DynamicLossScaler, autocast_context, clip_grad_norm
+from training_sys.optimization import (
+    PRECISION_ALIASES,
+    PRECISIONS,
+    DynamicLossScaler,
+    autocast_context,
+    canonical_precision,
+    clip_grad_norm,
+    precision_dtype,
+)
 from training_sys.optimization.mixed_precision import run_fp16_training
 
 
@@ -122,9 +130,25 @@ def test_bad_input(kwargs, match):
 def test_autocast_context():
     lin = nn.Linear(4, 4)
     x = torch.randn(2, 4)
-    with autocast_context("bf16"):
-        assert lin(x).dtype == torch.bfloat16
-    with autocast_context("fp32"):
-        assert lin(x).dtype == torch.float32
+    # 正式名字与简写是同一个精度
+    for name in ("bfloat16", "bf16"):
+        with autocast_context(name):
+            assert lin(x).dtype == torch.bfloat16
+    for name in ("float32", "fp32"):
+        with autocast_context(name):
+            assert lin(x).dtype == torch.float32
     with pytest.raises(ValueError, match="fp8"):
         autocast_context("fp8")
+
+
+def test_one_precision_vocabulary():
+    # 正式名字就是 torch.dtype 的属性名；每个简写都映射到一个正式名字，映射是明确的而不是被忽略
+    assert PRECISIONS == ("float32", "bfloat16", "float16")
+    for name in PRECISIONS:
+        assert canonical_precision(name) == name and precision_dtype(name) == getattr(torch, name)
+    assert {a: canonical_precision(a) for a in PRECISION_ALIASES} == {"fp32": "float32", "bf16": "bfloat16",
+                                                                     "fp16": "float16"}
+    assert precision_dtype("fp16") is torch.float16
+    # 报错信息同时列出正式名字与简写，告诉用户该写什么
+    with pytest.raises(ValueError, match=r"'half'.*bfloat16.*bf16 = bfloat16"):
+        canonical_precision("half")
