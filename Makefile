@@ -37,5 +37,10 @@ lint: install
 smoke: install
 	PYTHONPATH=. $(PY) -m pytest -n $(JOBS) tests/test_smoke_scripts.py
 
+# 变异测试：逐个种下 tests/mutation/mutants.py 里的单行 bug，看测试能否抓到（几十分钟；不属于 make test）。
+# 只跑几个：make mutants MUTANTS_ARGS='--only adamw_eps_inside_sqrt'；重构后先查清单：MUTANTS_ARGS=--check
+mutants: install
+	PYTHONPATH=. $(PY) -m tests.mutation $(MUTANTS_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
