@@ -8,10 +8,13 @@
     SMOKE=1 python -m training_sys.pretrain                          # 几秒钟的小规模演示
 
 其他模块直接调用函数：`result = train(TrainConfig(run="x", max_iters=100))`，命令行只是它外面薄薄的一层。
+模型、优化器、调度器与步策略都可以从外面传进来（`train(cfg, model=..., optimizer=..., strategy=...)`）：
+DDP / ZeRO / FSDP 只需实现 training_sys/strategy.py 的钩子，用的是同一个循环。
 
 一步训练做什么（nanoGPT train.py 的骨架）：
-1. 梯度累积：grad_accum 个 micro-batch，每个的 loss 除以 grad_accum 再 backward——梯度相加后恰好是
-   大 batch 的平均梯度 ∇(1/K Σ_k L_k)；显存只需要一个 micro-batch 的激活。
+1. 梯度累积（accumulate_step）：grad_accum 个 micro-batch，micro-batch k 的平均 loss 乘 n_k / N 再 backward
+   （n_k 是它的有效 token 数，N 是整步的）——梯度相加后恰好是 ∇(Σ 逐 token loss / N)，与把它们拼成一个大 batch
+   相同，target 里有 -100 时也对；显存只需要一个 micro-batch 的激活。
 2. 裁剪：‖g‖₂ > clip 时整体缩放到 clip（不改方向），挡住偶发的梯度尖峰。
 3. 学习率：base_lr · f(step)，f 是预热 + 余弦（或 WSD / 逆平方根）。
 4. 优化器：AdamW（2-D 权重做 weight decay，norm 的 γ 不做）或 Muon（隐藏层矩阵正交化更新，嵌入与 lm_head 走 AdamW）。
@@ -39,7 +42,7 @@ import statistics
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -53,79 +56,100 @@ from training_sys.checkpoint import (
     load_checkpoint,
     restore_rng_state,
     save_checkpoint,
+    step_dir_name,
 )
 from training_sys.data import DataError, LMData, get_batch, load_char_data, load_token_shards
 from training_sys.evaluation import bits_per_byte
-from training_sys.optimization import SCHEDULE_KINDS
+from training_sys.optimization import PRECISION_ALIASES, PRECISIONS, SCHEDULE_KINDS
+from training_sys.strategy import STRATEGY_HOOKS, SingleDevice, TrainStrategy
 from utils.io import atomic_path, atomic_write, is_smoke, output_path
 
 OPTIMIZERS = ("adamw", "muon")
-DTYPES = ("float32", "bfloat16")
+# 精度名来自 optimization.mixed_precision 的唯一名单；float16 需要动态 loss scaling，本循环不提供
+DTYPES = tuple(p for p in PRECISIONS if p != "float16")
+IGNORE_INDEX = -100  # 目标里这个值的位置不计 loss（模型契约：nanoGPT / HF 的约定）
 
 
 # ---------------------------------------------------------------------------
 # 1. 配置
 # ---------------------------------------------------------------------------
+def _opt(default: Any, help: str) -> Any:
+    """一个带说明的配置字段：help 既是代码里的注释，也是 `--help` 里这个参数的说明（单一来源，不会两处说法不一）。"""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class TrainConfig:
     """一次训练的全部设置。默认值 = nanoGPT 的 CPU 配方（4 层、4 头、128 维、block 64、batch 12、2000 步）。"""
 
     # 运行与输出
-    run: str = "pretrain"  # 输出目录 checkpoints/<run>/
-    out_dir: str | None = None  # 直接指定输出目录（覆盖 run）
-    resume: bool = False  # 从 <输出目录>/latest 接着训练
-    overwrite: bool = False  # 输出目录里已有 checkpoint 时删掉重来（否则报错，什么也不覆盖）
+    run: str = _opt("pretrain", "运行名：输出写到 checkpoints/<run>/（根目录可用环境变量 LLM_CHECKPOINTS_DIR 改）")
+    out_dir: str | None = _opt(None, "直接指定输出目录（给了就不再由 --run 推导）")
+    resume: bool = _opt(False, "从 <输出目录>/latest 指向的 checkpoint 接着训练；模型、数据与优化设置必须与原来相同")
+    overwrite: bool = _opt(False, "输出目录里已有 checkpoint 时先删掉再从头训练（不给则报错，什么也不覆盖）")
     # 数据（三选一；都不给 = 内置莎士比亚语料，字符级）
-    data: str | None = None  # UTF-8 文本文件，字符级
-    corpus: str | None = None  # data_pipeline.corpora 的语料名，字符级
-    shards: str | None = None  # data_pipeline.tokenization encode 的输出目录（train.bin / val.bin / meta.json）
-    val_fraction: float = 0.1  # 字符级的验证集比例（nanoGPT：后 10%）
-    vocab_size: int | None = None  # None = 取数据的词表大小；可以更大（把词表补齐到 64 的倍数更快），不能更小
+    data: str | None = _opt(None, "UTF-8 文本文件的路径，按字符建词表；与 --corpus、--shards 三选一，"
+                                  "都不给 = 内置的莎士比亚语料")
+    corpus: str | None = _opt(None, "data_pipeline.corpora 里的语料名（例如 shakespeare），字符级")
+    shards: str | None = _opt(None, "`python -m data_pipeline.tokenization encode` 的输出目录"
+                                    "（train.bin / val.bin / meta.json）")
+    val_fraction: float = _opt(0.1, "字符级数据里验证集的比例：取文本末尾这一段（nanoGPT 的做法）")
+    vocab_size: int | None = _opt(None, "模型的词表大小；不给 = 数据的词表大小。可以更大（补齐到 64 的倍数矩阵乘更快），"
+                                        "不能更小")
     # 模型（model_lab 的 Llama）
-    n_layer: int = 4
-    n_head: int = 4
-    n_kv_head: int | None = None  # None = n_head（MHA）；更小就是 GQA
-    n_embd: int = 128
-    intermediate_size: int | None = None  # None = SwiGLU 的 8/3·n_embd（取 8 的倍数），参数量与 4·n_embd 的 GELU MLP 相当
-    rope_theta: float = 10000.0
-    tie_embeddings: bool = False
-    attn_implementation: str = "sdpa"
+    n_layer: int = _opt(4, "Transformer 解码层的层数")
+    n_head: int = _opt(4, "注意力头数（n_embd 必须能被它整除）")
+    n_kv_head: int | None = _opt(None, "K/V 头数；不给 = n_head（多头注意力 MHA），更小就是 GQA，1 是 MQA")
+    n_embd: int = _opt(128, "隐藏维度（HF 的 hidden_size）")
+    intermediate_size: int | None = _opt(None, "SwiGLU MLP 的隐层宽度；不给 = 8/3·n_embd 取 8 的倍数，"
+                                               "参数量与 4·n_embd 的 GELU MLP 相当")
+    rope_theta: float = _opt(10000.0, "RoPE 的基频 θ：越大，最慢的那组旋转周期越长，能区分的距离越远")
+    tie_embeddings: bool = _opt(False, "lm_head 与输入嵌入共用同一个矩阵（省 vocab_size × n_embd 个参数）")
+    attn_implementation: str = _opt("sdpa", "注意力实现：model_lab 注意力注册表里的名字，sdpa（PyTorch 融合算子）"
+                                            "或 eager（手写），以及之后注册进来的内核")
     # 批与步数
-    block_size: int = 64
-    batch_size: int = 12  # 每个 micro-batch 的序列数
-    grad_accum: int = 1  # 梯度累积的 micro-batch 数；每步 token 数 = batch_size · block_size · grad_accum
-    max_iters: int = 2000
+    block_size: int = _opt(64, "上下文长度：每个训练样本的 token 数 T")
+    batch_size: int = _opt(12, "每个 micro-batch 的序列数 B")
+    grad_accum: int = _opt(1, "梯度累积的 micro-batch 数 K；每步 token 数 = batch_size × block_size × grad_accum")
+    max_iters: int = _opt(2000, "训练的总步数（优化器更新次数，也是学习率调度的终点）")
     # 优化
-    optimizer: str = "adamw"
-    lr: float = 1e-3  # AdamW 的峰值学习率（Muon 时用于嵌入、lm_head 与 norm）
-    min_lr: float = 1e-4  # 调度的终点学习率
-    lr_schedule: str = "cosine"
-    warmup_iters: int = 100
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.99
-    grad_clip: float = 1.0  # 0 = 不裁剪
-    muon_lr: float = 0.02  # Muon 组（隐藏层的 2-D 权重）的峰值学习率
-    muon_momentum: float = 0.95
-    muon_weight_decay: float = 0.0
+    optimizer: str = _opt("adamw", f"优化器，可选 {'、'.join(OPTIMIZERS)}：muon = 隐藏层的 2-D 权重用 Muon，"
+                                   "嵌入、lm_head 与 norm 用 AdamW")
+    lr: float = _opt(1e-3, "AdamW 的峰值学习率（用 Muon 时它管嵌入、lm_head 与 norm）")
+    min_lr: float = _opt(1e-4, "学习率调度的终点值，0 ≤ min_lr ≤ lr")
+    lr_schedule: str = _opt("cosine", f"学习率调度的形状，可选 {'、'.join(SCHEDULE_KINDS)}（都先线性预热）")
+    warmup_iters: int = _opt(100, "线性预热的步数：学习率从 0 升到峰值")
+    weight_decay: float = _opt(0.1, "AdamW 的解耦权重衰减 λ：只作用于 2-D 权重（矩阵与嵌入），norm 的 γ 不衰减")
+    beta1: float = _opt(0.9, "AdamW 一阶矩（动量）的衰减率 β1")
+    beta2: float = _opt(0.99, "AdamW 二阶矩的衰减率 β2（小模型、短训练常用 0.99，大模型 0.95）")
+    grad_clip: float = _opt(1.0, "梯度全局 L2 范数的上限，超过就整体缩放到它；0 = 不裁剪")
+    muon_lr: float = _opt(0.02, "Muon 组（隐藏层的 2-D 权重）的峰值学习率")
+    muon_momentum: float = _opt(0.95, "Muon 的（Nesterov）动量系数")
+    muon_weight_decay: float = _opt(0.0, "Muon 组的解耦权重衰减 λ")
     # 数值与设备
-    dtype: str = "float32"  # "bfloat16" = bf16 autocast
-    compile: bool = False  # torch.compile
-    device: str = "auto"  # auto = utils.torch_playground.get_device()：CUDA → MPS → CPU
-    threads: int | None = None  # CPU 上 torch 的线程数；None = PyTorch 默认。机器被别的进程占满时设 1 往往快得多
-    seed: int = 1337
+    dtype: str = _opt("float32", f"计算精度，可选 {'、'.join(DTYPES)}：bfloat16 = bf16 autocast（矩阵乘用 bf16，"
+                                 "权重、优化器状态与 loss 仍是 fp32）；也接受简写 fp32 / bf16")
+    compile: bool = _opt(False, "用 torch.compile 编译前向（第一步多花几十秒编译，之后每步更快）")
+    device: str = _opt("auto", "设备：auto（依次尝试 CUDA → MPS → CPU）、cpu、cuda、cuda:1、mps……")
+    threads: int | None = _opt(None, "CPU 上 torch 的线程数；不给 = PyTorch 默认。机器被别的进程占满时设 1 往往快得多")
+    seed: int = _opt(1337, "随机种子：初始化、训练数据的抽样、评估与样例的随机数都由它派生")
     # 评估、样例、checkpoint、日志
-    eval_interval: int = 250
-    eval_iters: int = 20  # 每次评估用多少个 batch 估计 loss（nanoGPT 的 CPU 配方：20）
-    sample_tokens: int = 200  # 每次评估后生成的样例长度；0 = 不生成
-    checkpoint_interval: int = 500  # 每隔多少步存一次；最后一步与 Ctrl-C 时总会存
-    keep_checkpoints: int = 2
-    progress: bool = True  # tqdm 进度条
+    eval_interval: int = _opt(250, "每隔多少步评估一次 train / val loss（最后一步总会评估）")
+    eval_iters: int = _opt(20, "每次评估用多少个 batch 估计 loss（nanoGPT 的 CPU 配方：20）")
+    sample_tokens: int = _opt(200, "每次评估后生成多少个 token 的样例（top-k 采样）；0 = 不生成")
+    checkpoint_interval: int = _opt(500, "每隔多少步存一次 checkpoint（最后一步与 Ctrl-C 时总会存）")
+    keep_checkpoints: int = _opt(2, "只保留最近的几个 step_* checkpoint 目录，更早的删掉")
+    progress: bool = _opt(True, "显示 tqdm 进度条（--no-progress 关掉，例如输出重定向到文件时）")
 
     # 续训时允许与原配置不同的字段：它们不改变训练的是什么（模型、数据、优化）。
     # 注意"逐位一致"只在同样的设备与线程数下成立：device / threads / compile 改变浮点运算的顺序，结果只在舍入误差内相同
     RESUME_MAY_DIFFER = ("resume", "overwrite", "compile", "eval_interval", "eval_iters", "sample_tokens",
                          "checkpoint_interval", "keep_checkpoints", "progress", "run", "out_dir", "device", "threads")
+
+    def __post_init__(self) -> None:
+        # 简写换成正式名字（bf16 → bfloat16）：写进 config.json 与续训时比较的都是同一个名字
+        if isinstance(self.dtype, str):
+            self.dtype = PRECISION_ALIASES.get(self.dtype, self.dtype)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "配置") -> TrainConfig:
@@ -174,7 +198,9 @@ class TrainConfig:
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer={self.optimizer!r} 未知；可选 {OPTIMIZERS}")
         if self.dtype not in DTYPES:
-            raise ValueError(f"dtype={self.dtype!r} 未知；可选 {DTYPES}（fp16 需要 loss scaling，本循环不提供）")
+            aliases = "、".join(f"{a} = {c}" for a, c in PRECISION_ALIASES.items() if c in DTYPES)
+            raise ValueError(f"dtype={self.dtype!r} 不支持；可选 {DTYPES}（也接受简写：{aliases}）。"
+                             "float16 需要动态 loss scaling（optimization.DynamicLossScaler），本循环不提供")
         if self.lr_schedule not in SCHEDULE_KINDS:
             raise ValueError(f"lr_schedule={self.lr_schedule!r} 未知；可选 {SCHEDULE_KINDS}")
         if not (self.lr > 0 and 0 <= self.min_lr <= self.lr):
@@ -260,7 +286,7 @@ def build_model(cfg: TrainConfig, vocab_size: int):
 
 
 def build_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
-    from training_sys.optimization import AdamW, Muon, build_muon_param_groups
+    from training_sys.optimization import AdamW, Muon, build_muon_param_groups, weight_decay_param_groups
 
     if cfg.optimizer == "muon":
         groups = build_muon_param_groups(
@@ -271,11 +297,7 @@ def build_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Opt
         on_cuda = next(model.parameters()).device.type == "cuda"
         return Muon(groups, ns_dtype=torch.bfloat16 if on_cuda else torch.float32)
     # 只对 2-D 参数（矩阵乘权重与嵌入）做 weight decay：norm 的 γ 是逐通道的尺度，把它往 0 拉只会伤害表示
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
+    groups = weight_decay_param_groups(model, cfg.weight_decay)
     # foreach：整组参数一次更新，省掉逐参数调度算子的固定开销（0.8M 参数的 nanoGPT 配方上每步约快 0.5 ms），
     # 数值与逐参数的写法逐位相同，所以续训、与旧 checkpoint 的互通都不受影响
     return AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), foreach=True)
@@ -327,7 +349,14 @@ def estimate_loss(model: torch.nn.Module, data: LMData, cfg: TrainConfig, device
 @torch.no_grad()
 def sample_text(model: torch.nn.Module, data: LMData, cfg: TrainConfig, device: torch.device,
                 temperature: float = 0.8, top_k: int = 50) -> str | None:
-    """从一个换行符开始生成 sample_tokens 个 token（上下文超过 block_size 时只保留最后 block_size 个，nanoGPT 的做法）。"""
+    """从一个换行符开始生成 sample_tokens 个 token（上下文超过 block_size 时只保留最后 block_size 个，nanoGPT 的做法）。
+
+    采样本身交给 model_lab.generation.sample_next_token（全仓库唯一的 temperature / top-k 实现）；
+    这里不用 model.generate，因为它不裁剪上下文：位置超过 block_size 的 RoPE 角度训练时从没见过。
+    每次都用同一个种子的 Generator：样例可复现，而且不碰全局随机数（续训的逐位一致依赖这一点）。
+    """
+    from model_lab.generation import sample_next_token
+
     if data.decode is None or cfg.sample_tokens == 0:
         return None
     prompt = (data.encode("\n") if data.encode else []) or [0]
@@ -335,11 +364,9 @@ def sample_text(model: torch.nn.Module, data: LMData, cfg: TrainConfig, device: 
     gen = torch.Generator(device=device).manual_seed(cfg.seed + 3)
     model.eval()
     for _ in range(cfg.sample_tokens):
-        logits = model(ids[:, -cfg.block_size:])[:, -1, :].float() / temperature  # (1, V)
-        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))  # 只在概率最高的 top_k 个里抽
-        next_id = torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=gen)
-        ids = torch.cat([ids, next_id], dim=1)
+        logits = model(ids[:, -cfg.block_size:])[:, -1, :]  # (1, V)
+        next_id = sample_next_token(logits, temperature=temperature, top_k=top_k, generator=gen)  # (1,)
+        ids = torch.cat([ids, next_id[:, None]], dim=1)
     model.train()
     return data.decode(ids[0, len(prompt):].tolist())
 
@@ -486,28 +513,92 @@ def _prepare_fresh_run_dir(run_dir: Path, cfg: TrainConfig) -> None:
     (run_dir / "latest").unlink(missing_ok=True)
 
 
-def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], bool | None] | None = None) -> TrainResult:
-    """按 cfg 训练，返回 TrainResult。on_step(step, record) 每步之后调用，返回 True 则像 Ctrl-C 一样保存并停止。"""
+def accumulate_step(fwd_model: torch.nn.Module, micro_batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+                    strategy: TrainStrategy | None = None,
+                    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+                    sync_model: torch.nn.Module | None = None) -> torch.Tensor:
+    """一步里所有 micro-batch 的前向 + 反向，梯度累加进 .grad；返回本 rank 的这一步 loss（0-d，已 detach）。
+
+    梯度 = ∇( Σ_k Σ_{t∈k} ℓ_t / N )：N 是这一步所有 micro-batch（所有数据并行 rank）里 target ≠ -100 的 token 数，
+    与把 K 个 micro-batch 拼成一个大 batch、对它的平均 loss 求梯度相同。模型返回的是 micro-batch k 的平均
+    L_k = Σ_{t∈k} ℓ_t / n_k，所以它的权重是 n_k / N：Σ_k (n_k / N)·L_k = Σ_k Σ_{t∈k} ℓ_t / N。
+    常见的"每份除以 K"只在 n_k 全相等时才对；SFT 把提示词标成 -100 后 n_k 各不相同，它会给 token 少的
+    micro-batch 过大的权重（optimization/grad_accumulation.py 把两种写法并排比较）。返回值 Σ_k (n_k/N)·L_k
+    就是 token 加权的平均 loss——日志里的 loss 正是梯度所对应的目标函数。
+
+    micro_batches：[(x, y), ...]，形状都是 (B, T)；fwd_model(x, y) → (logits, 平均 loss)（模型契约）。
+    sync_model：交给 strategy.no_sync 的模型（strategy.wrap_model 的结果）；fwd_model 是它再 torch.compile 之后的样子。
+    """
+    strategy = SingleDevice() if strategy is None else strategy
+    sync_model = fwd_model if sync_model is None else sync_model
+    if len(micro_batches) == 0:
+        raise ValueError("micro_batches 为空：一步至少要有一个 (x, y)")
+    # 先数有效 token（targets 已在手边，不必先做前向）；K 个计数一次读回，GPU 上只同步一次
+    counts = torch.stack([(y != IGNORE_INDEX).sum() for _, y in micro_batches]).tolist()
+    total = strategy.global_tokens(sum(counts))
+    if total == 0:
+        raise ValueError(f"这一步所有 micro-batch 的 target 都是 {IGNORE_INDEX}：没有可学习的 token；检查数据的掩码")
+    # 数据并行的梯度同步是对 data_parallel_size 个 rank 求平均：分母先除以它，平均之后恰好是 1/N
+    denom = total / strategy.data_parallel_size
+    step_loss = None
+    last = len(micro_batches) - 1
+    for k, ((x, y), n) in enumerate(zip(micro_batches, counts)):
+        with strategy.no_sync(sync_model, last_micro_batch=k == last):
+            with autocast():
+                logits, loss = fwd_model(x, y)
+            if n:
+                # K=1 且没有 -100 时权重是 1.0，与直接 loss.backward() 逐位相同
+                weighted = loss * (n / denom)
+            else:
+                # 没有有效 token 的 micro-batch：平均 loss 是 0/0 = NaN，它的贡献应当是 0。仍然做一次梯度为 0 的反向：
+                # 数据并行要求每个 rank 的每个 micro-batch 都反向，最后一个还要触发梯度同步
+                weighted = logits.float().sum() * 0.0
+            strategy.backward(weighted)
+        step_loss = weighted.detach() if step_loss is None else step_loss + weighted.detach()
+    return step_loss
+
+
+def train(cfg: TrainConfig, *, model: torch.nn.Module | None = None, optimizer: torch.optim.Optimizer | None = None,
+          scheduler: Any | None = None, strategy: TrainStrategy | None = None,
+          on_step: Callable[[int, dict[str, Any]], bool | None] | None = None) -> TrainResult:
+    """按 cfg 训练，返回 TrainResult。
+
+    部件可以从外面给（ARCHITECTURE.md §10：训练器从外面接收模型、优化器与步策略，DDP / ZeRO / FSDP 包装同一个循环）：
+    - model：不给 = build_model(cfg, …)。给了就用它本身与它所在的设备（cfg 的模型字段与 device 只作记录）；
+      它要有 save_pretrained（checkpoint 是 HF 模型目录），forward(x, y) 返回 (logits, 平均 loss)。
+    - optimizer：不给 = build_optimizer(cfg, model)；给了必须同时给 model（优化器管的正是那个模型的参数）。
+    - scheduler：不给 = build_scheduler(cfg, optimizer)；给了必须同时给 optimizer。要有 step / state_dict /
+      load_state_dict（torch.optim.lr_scheduler 的接口），每个优化器步之后调用一次。
+    - strategy：不给 = SingleDevice()；见 training_sys/strategy.py。
+    on_step(step, record) 每步之后调用，返回 True 则像 Ctrl-C 一样保存并停止。
+    """
     from tqdm import tqdm
 
-    from training_sys.optimization import clip_grad_norm
+    from training_sys.optimization import autocast_context
     from utils.torch_playground import setup_seed
 
     t_start = time.perf_counter()
     cfg.validate()
+    strategy = SingleDevice() if strategy is None else strategy
+    _check_parts(model, optimizer, scheduler, strategy)
+    main_proc = strategy.is_main_process
     run_dir = _run_dir(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if main_proc:
+        run_dir.mkdir(parents=True, exist_ok=True)
     data = build_data(cfg)
     vocab_size = resolve_vocab_size(cfg, data)
-    device = resolve_device(cfg.device)
     if cfg.threads is not None:
         # 小模型的每个算子只有几微秒的活：线程数超过空闲核数时，OpenMP 线程互相等待的开销会让一步慢上好几倍
         torch.set_num_threads(cfg.threads)
 
     setup_seed(cfg.seed)
-    model = build_model(cfg, vocab_size).to(device)
-    optimizer = build_optimizer(cfg, model)
-    scheduler = build_scheduler(cfg, optimizer)
+    if model is None:
+        device = resolve_device(cfg.device)
+        model = build_model(cfg, vocab_size).to(device)
+    else:
+        device = _external_model_device(model, cfg, data)
+    optimizer = build_optimizer(cfg, model) if optimizer is None else optimizer
+    scheduler = build_scheduler(cfg, optimizer) if scheduler is None else scheduler
     data_gen = torch.Generator().manual_seed(cfg.seed)  # 只用来抽训练 batch：它的状态 = 数据位置
 
     start_step, ckpt_dir = 0, None
@@ -521,8 +612,7 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], bool | None
             raise CheckpointError(f"checkpoint 的词表大小 {state['vocab_size']} 与现在的数据（{data.source}）"
                                   f"得到的 {vocab_size} 不同：数据文件变了，不能续训")
         try:
-            model.load_state_dict(tensors, strict=not cfg.tie_embeddings)
-            optimizer.load_state_dict(state["optimizer"])  # 状态会被搬到参数所在的设备：CPU 存的也能在 GPU 上续
+            strategy.load_full_state(model, optimizer, tensors, state["optimizer"], strict=not cfg.tie_embeddings)
             scheduler.load_state_dict(state["scheduler"])
         except (RuntimeError, ValueError, KeyError) as e:
             raise CheckpointError(f"{ckpt_dir} 与当前模型/优化器不匹配：{str(e)[:300]}") from None
@@ -530,30 +620,35 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], bool | None
         start_step = int(state["step"])
         tokens_seen = int(state["tokens_seen"])
     else:
-        _prepare_fresh_run_dir(run_dir, cfg)
+        if main_proc:
+            _prepare_fresh_run_dir(run_dir, cfg)
         tokens_seen = 0
-    atomic_write(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2, ensure_ascii=False) + "\n")
+    if main_proc:
+        atomic_write(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2, ensure_ascii=False) + "\n")
 
-    fwd_model = torch.compile(model) if cfg.compile else model
-    bf16 = cfg.dtype == "bfloat16"
+    wrapped = strategy.wrap_model(model)
+    fwd_model = torch.compile(wrapped) if cfg.compile else wrapped
 
     def autocast() -> contextlib.AbstractContextManager:
-        return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-
-    def training_state(step: int) -> dict[str, Any]:
-        return {"step": step, "tokens_seen": tokens_seen, "config": cfg.to_dict(), "vocab_size": vocab_size,
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "rng": capture_rng_state(data_gen)}
+        return autocast_context(cfg.dtype, device.type)
 
     def save(step: int) -> Path:
-        return save_checkpoint(run_dir, model, training_state(step), data.extra_files, cfg.keep_checkpoints)
+        # 每个 rank 都进入 full_state（FSDP / ZeRO 在里面做集合通信），只有主进程写文件
+        with strategy.full_state(model, optimizer) as (full_model, optimizer_state):
+            if not main_proc:
+                return run_dir / step_dir_name(step)
+            state = {"step": step, "tokens_seen": tokens_seen, "config": cfg.to_dict(), "vocab_size": vocab_size,
+                     "optimizer": optimizer_state, "scheduler": scheduler.state_dict(),
+                     "rng": capture_rng_state(data_gen)}
+            return save_checkpoint(run_dir, full_model, state, data.extra_files, cfg.keep_checkpoints)
 
-    log = MetricsLog(run_dir / "metrics.jsonl", keep_up_to_step=start_step if cfg.resume else None)
-    tokens_per_step = cfg.batch_size * cfg.block_size * cfg.grad_accum
-    n_params = model.num_parameters()
-    print(f"[pretrain] {data.source} | vocab {vocab_size} | train {len(data.train):,} / val {len(data.val):,} tokens | "
-          f"Llama {n_params / 1e6:.2f}M 参数 | {cfg.optimizer} | {device} {cfg.dtype} | "
-          f"{tokens_per_step} tokens/步 | {run_dir}" + (f" | 从第 {start_step} 步续训" if cfg.resume else ""))
+    log = MetricsLog(run_dir / "metrics.jsonl", keep_up_to_step=start_step if cfg.resume else None) if main_proc else None
+    tokens_per_step = cfg.batch_size * cfg.block_size * cfg.grad_accum * strategy.data_parallel_size
+    n_params = sum(p.numel() for p in model.parameters())  # parameters() 已对共享权重去重
+    if main_proc:
+        print(f"[pretrain] {data.source} | vocab {vocab_size} | train {len(data.train):,} / val {len(data.val):,} tokens"
+              f" | {type(model).__name__} {n_params / 1e6:.2f}M 参数 | {type(optimizer).__name__} | {device} {cfg.dtype}"
+              f" | {tokens_per_step} tokens/步 | {run_dir}" + (f" | 从第 {start_step} 步续训" if cfg.resume else ""))
 
     step_times: list[float] = []
     history: list[dict[str, Any]] = []
@@ -561,30 +656,27 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], bool | None
     last_eval: dict[str, float] = {}
     interrupted = False
     model.train()
-    bar = tqdm(total=cfg.max_iters, initial=start_step, desc=cfg.run, disable=not cfg.progress, dynamic_ncols=True,
-               mininterval=0.5)
+    bar = tqdm(total=cfg.max_iters, initial=start_step, desc=cfg.run, disable=not (cfg.progress and main_proc),
+               dynamic_ncols=True, mininterval=0.5)
     try:
         with GracefulStop() as stop:
             step = start_step
             while step < cfg.max_iters:
                 t0 = time.perf_counter()
                 lr = optimizer.param_groups[0]["lr"]
-                loss_sum = 0.0
-                for _ in range(cfg.grad_accum):
-                    x, y = get_batch(data.train, cfg.batch_size, cfg.block_size, data_gen, device)
-                    with autocast():
-                        _, loss = fwd_model(x, y)
-                    # 除以 K：K 个 micro-batch 的梯度相加 = 大 batch 平均 loss 的梯度
-                    (loss / cfg.grad_accum).backward()
-                    loss_sum += loss.item()
-                last_loss = loss_sum / cfg.grad_accum
+                # 一步的 K 个 micro-batch 先全部取出（按同一个 Generator 依次抽，序列与逐个取时相同）：
+                # 分母要用整步的有效 token 数，必须在第一次反向之前知道
+                micro_batches = [get_batch(data.train, cfg.batch_size, cfg.block_size, data_gen, device)
+                                 for _ in range(cfg.grad_accum)]
+                step_loss = accumulate_step(fwd_model, micro_batches, strategy, autocast, sync_model=wrapped)
+                last_loss = strategy.reduce_loss(step_loss)
                 if not math.isfinite(last_loss):
                     raise TrainingDivergedError(
                         f"第 {step + 1} 步的 loss = {last_loss}（非有限），训练停止，没有保存任何东西"
                         f"（最近的 checkpoint：{latest_checkpoint(run_dir) or '无'}）。提示：降低 --lr 或 --muon-lr、"
                         "加长 --warmup-iters、确认 --grad-clip > 0、检查数据里有没有越界或异常的 token；"
                         "bf16 下发散可以先用 --dtype float32 排查")
-                grad_norm = clip_grad_norm(model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else None
+                grad_norm = strategy.clip_grad_norm(model, cfg.grad_clip) if cfg.grad_clip > 0 else None
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -596,12 +688,13 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], bool | None
                           "tokens_per_s": tokens_per_step / dt, "ms": dt * 1000, "tokens_seen": tokens_seen}
                 if grad_norm is not None:
                     record["grad_norm"] = float(grad_norm)
-                log.write(record)
+                if log is not None:
+                    log.write(record)
                 bar.update(1)
                 bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_step / dt:,.0f}",
                                 refresh=False)
 
-                if step % cfg.eval_interval == 0 or step == cfg.max_iters:
+                if (step % cfg.eval_interval == 0 or step == cfg.max_iters) and strategy.runs_evaluation:
                     losses = estimate_loss(fwd_model, data, cfg, device, autocast)
                     last_eval = {"train_loss": losses["train"], "val_loss": losses["val"],
                                  "val_bpb": bits_per_byte(losses["val"], data.val_bytes_per_token)}
@@ -609,15 +702,16 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], bool | None
                     sample = sample_text(model, data, cfg, device)
                     if sample is not None:
                         eval_record["sample"] = sample
-                    log.write(eval_record)
                     history.append(eval_record)
-                    bar.write(f"step {step}: train {losses['train']:.4f} | val {losses['val']:.4f} | "
-                              f"val bpb {last_eval['val_bpb']:.4f}")
-                    if sample is not None:
-                        bar.write("  样例：" + sample.replace("\n", "\n        ")[:600])
+                    if log is not None:
+                        log.write(eval_record)
+                        bar.write(f"step {step}: train {losses['train']:.4f} | val {losses['val']:.4f} | "
+                                  f"val bpb {last_eval['val_bpb']:.4f}")
+                        if sample is not None:
+                            bar.write("  样例：" + sample.replace("\n", "\n        ")[:600])
 
                 callback_stop = bool(on_step and on_step(step, record))  # 先调回调：它可能正是发信号的那一方
-                stop_requested = callback_stop or stop.requested
+                stop_requested = strategy.stop_requested(callback_stop or stop.requested)
                 if step % cfg.checkpoint_interval == 0 or step == cfg.max_iters or stop_requested:
                     ckpt_dir = save(step)
                 if stop_requested and step < cfg.max_iters:
@@ -625,10 +719,11 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], bool | None
                     break
     finally:
         bar.close()
-        log.close()
-    if step_times or cfg.resume:
+        if log is not None:
+            log.close()
+    if main_proc and (step_times or cfg.resume):
         plot_losses(run_dir / "metrics.jsonl", run_dir / "loss.png",
-                    f"{cfg.run}: Llama {n_params / 1e6:.2f}M, {cfg.optimizer}")
+                    f"{cfg.run}: {type(model).__name__} {n_params / 1e6:.2f}M, {cfg.optimizer}")
 
     timed = step_times[5:] if len(step_times) > 10 else step_times
     result = TrainResult(
@@ -643,26 +738,76 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], bool | None
     return result
 
 
+def _check_parts(model: Any, optimizer: Any, scheduler: Any, strategy: Any) -> None:
+    """外面给的部件：缺了哪个、类型不对，都在训练开始前说清楚。"""
+    if optimizer is not None and model is None:
+        raise ValueError("给了 optimizer 却没给 model：优化器管的是某个模型的参数，请把那个模型一起传进来"
+                         "（train(cfg, model=model, optimizer=optimizer)），或两个都不给、由 cfg 构建")
+    if scheduler is not None and optimizer is None:
+        raise ValueError("给了 scheduler 却没给 optimizer：调度器改的是某个优化器的学习率，请把那个优化器一起传进来")
+    if model is not None:
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"model 应是 torch.nn.Module，收到 {type(model).__name__}")
+        if not callable(getattr(model, "save_pretrained", None)):
+            raise TypeError(f"model（{type(model).__name__}）没有 save_pretrained：checkpoint 是 Hugging Face 模型目录，"
+                            "用 model_lab 的 Llama / GPT2，或给模型实现 save_pretrained(dir)")
+    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"optimizer 应是 torch.optim.Optimizer，收到 {type(optimizer).__name__}")
+    if scheduler is not None:
+        missing = [m for m in ("step", "state_dict", "load_state_dict") if not callable(getattr(scheduler, m, None))]
+        if missing:
+            raise TypeError(f"scheduler（{type(scheduler).__name__}）缺少方法 {missing}：用 torch.optim.lr_scheduler 的调度器")
+    if not isinstance(strategy, TrainStrategy):
+        missing = [name for name in STRATEGY_HOOKS if not hasattr(strategy, name)]
+        raise TypeError(f"strategy（{type(strategy).__name__}）缺少钩子 {missing}：继承 "
+                        "training_sys.strategy.SingleDevice，只覆盖要改的钩子")
+
+
+def _external_model_device(model: torch.nn.Module, cfg: TrainConfig, data: LMData) -> torch.device:
+    """外面给的模型：用它所在的设备；词表装不下数据时报错（否则 embedding 查表会越界）。"""
+    device = next(model.parameters()).device
+    if cfg.device != "auto" and torch.device(cfg.device) != device:
+        raise ValueError(f"cfg.device={cfg.device!r}，但传入的 model 在 {device} 上：先 model.to({cfg.device!r})，"
+                         "或把 device 设为 auto（用模型所在的设备）")
+    model_vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    if model_vocab is not None and model_vocab < data.vocab_size:
+        raise DataError(f"传入的 model 的 vocab_size={model_vocab} 小于数据的词表大小 {data.vocab_size}（{data.source}）："
+                        "数据里的 token id 会越界")
+    return device
+
+
 # ---------------------------------------------------------------------------
 # 7. 命令行：TrainConfig 的每个字段对应一个 --kebab-case 参数
 # ---------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training_sys.pretrain", description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--config", help="JSON 配置文件（键 = TrainConfig 的字段名）；命令行参数覆盖其中的值")
+                                     add_help=False)
+    parser.add_argument("-h", "--help", action="help", help="打印这份参数说明并退出")
+    parser.add_argument("--config", help="JSON 配置文件（键 = TrainConfig 的字段名）；命令行参数覆盖其中的值（默认 不用）")
     hints = get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         hint = hints[f.name]
         types = getattr(hint, "__args__", (hint,))
+        # 说明写在 TrainConfig 的字段上（_opt），默认值从字段读：两者都只有一个来源。
+        # argparse 的 help 里 % 是格式符，要写成 %%
+        help_text = (f.metadata["help"] + f"（默认 {_shown_default(f.default)}）").replace("%", "%%")
         # default=SUPPRESS：没在命令行出现的参数不进 Namespace，这样才分得清"用户给了"与"默认值"
         if bool in types:
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                                help=f"(默认 {f.default})")
+                                help=help_text)
         else:
             base = next(t for t in (int, float, str) if t in types)
-            parser.add_argument(flag, dest=f.name, type=base, default=argparse.SUPPRESS, help=f"(默认 {f.default})")
+            parser.add_argument(flag, dest=f.name, type=base, default=argparse.SUPPRESS, help=help_text)
     return parser
+
+
+def _shown_default(value: Any) -> str:
+    if value is None:
+        return "不给"
+    if isinstance(value, bool):
+        return "开" if value else "关"
+    return str(value)
 
 
 def config_from_args(argv: list[str]) -> TrainConfig:

@@ -23,13 +23,15 @@ from training_sys.pretrain import TrainConfig, TrainingDivergedError, config_fro
 _WORDS = ["the cat sat. ", "a dog ran. ", "the sun is hot. ", "we go home. ", "it is red. "]
 
 
+def write_tiny_text(path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    path.write_text("".join(_WORDS[i] for i in rng.integers(0, len(_WORDS), 3000)), encoding="utf-8")
+    return path
+
+
 @pytest.fixture
 def text_file(tmp_path):
-    rng = np.random.default_rng(0)
-    text = "".join(_WORDS[i] for i in rng.integers(0, len(_WORDS), 3000))
-    path = tmp_path / "tiny.txt"
-    path.write_text(text, encoding="utf-8")
-    return path
+    return write_tiny_text(tmp_path / "tiny.txt")
 
 
 def tiny_cfg(tmp_path, data, name="run", **overrides) -> TrainConfig:
@@ -46,6 +48,12 @@ def final_params(result) -> dict[str, torch.Tensor]:
 
 def train_losses(run_dir) -> list[tuple[int, float]]:
     return [(r["step"], r["loss"]) for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "train"]
+
+
+def records_without_timing(run_dir) -> list[dict]:
+    """metrics.jsonl 的全部记录（train 与 eval），去掉只与墙钟有关的字段：剩下的每个数都应当可复现。"""
+    return [{k: v for k, v in r.items() if k not in ("tokens_per_s", "ms")}
+            for r in read_metrics(run_dir / "metrics.jsonl")]
 
 
 # ---------------------------------------------------------------------------
@@ -94,6 +102,15 @@ def test_grad_accum_matches_big_batch(tmp_path, text_file):
     pa, pb = final_params(a), final_params(b)
     for k in pa:
         torch.testing.assert_close(pa[k], pb[k], rtol=1e-4, atol=1e-6)
+    # 只比 AdamW 之后的权重不够：Adam 的更新 m/sqrt(v) 对梯度的整体缩放几乎不敏感，梯度大了 K 倍也看不出来。
+    # 日志里的 grad_norm 是裁剪与优化器步之前的梯度范数：它必须与大 batch 的相同（不是 K 倍），loss 也相同
+    ra, rb = (records_without_timing(r.run_dir) for r in (a, b))
+    ta, tb = ([r for r in recs if r["kind"] == "train"] for recs in (ra, rb))
+    assert len(ta) == len(tb) == 3
+    for x, y in zip(ta, tb):
+        assert y["grad_norm"] == pytest.approx(x["grad_norm"], rel=1e-4), (x, y)
+        assert y["loss"] == pytest.approx(x["loss"], rel=1e-5)
+        assert y["tokens_seen"] == x["tokens_seen"] == x["step"] * 16 * 32
 
 
 # ---------------------------------------------------------------------------
@@ -117,10 +134,18 @@ def test_resume_is_bit_exact(tmp_path, text_file, optimizer):
     for name in pa:
         assert torch.equal(pa[name], pb[name]), name
     assert train_losses(straight.run_dir) == train_losses(resumed.run_dir)  # 浮点数逐个相等，不是近似
+    # 不只是 loss：每一条记录（train 的 loss、lr、grad_norm、tokens_seen，eval 的 loss 与 bpb）都与不中断的运行相同，
+    # 续训的簿记（步数、已见 token 数、调度器的位置）没有从 0 重新数
+    rec_straight, rec_resumed = records_without_timing(straight.run_dir), records_without_timing(resumed.run_dir)
+    assert [r["step"] for r in rec_resumed if r["kind"] == "train"] == list(range(1, n + 1))
+    assert all({"loss", "lr", "grad_norm", "tokens_seen"} <= set(r) for r in rec_resumed if r["kind"] == "train")
+    assert rec_resumed == rec_straight
     assert resumed.val_loss == straight.val_loss
     # 优化器状态也一样（下一步才会一样）
     _, sa = load_checkpoint(straight.checkpoint_dir)
     _, sb = load_checkpoint(resumed.checkpoint_dir)
+    # 最终的计数器：步数与已见 token 数（每步 batch_size × block_size × grad_accum = 8 × 32）
+    assert (sb["step"], sb["tokens_seen"]) == (sa["step"], sa["tokens_seen"]) == (n, n * 8 * 32)
     for sid, st in sa["optimizer"]["state"].items():
         for key, value in st.items():
             other = sb["optimizer"]["state"][sid][key]
@@ -143,6 +168,16 @@ def test_sigint_finishes_step_saves_and_resumes(tmp_path, text_file):
     cfg.resume = True
     assert train(cfg).step == 10
     assert [s for s, _ in train_losses(result.run_dir)] == list(range(1, 11))
+
+
+@pytest.mark.parametrize("keep", [1, 3])
+def test_keeps_exactly_the_last_k_checkpoints(tmp_path, text_file, keep):
+    # 每 2 步存一次、共 10 步：存了 step 2、4、6、8、10，只应剩下最近的 keep 个（latest 指向最后一个）
+    result = train(tiny_cfg(tmp_path, text_file, max_iters=10, eval_interval=10, checkpoint_interval=2,
+                            keep_checkpoints=keep))
+    kept = sorted(p.name for p in result.run_dir.glob("step_*"))
+    assert kept == [f"step_{s:06d}" for s in range(10, 0, -2)][:keep][::-1]
+    assert latest_checkpoint(result.run_dir).name == "step_000010"
 
 
 # ---------------------------------------------------------------------------
