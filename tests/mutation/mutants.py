@@ -21,13 +21,13 @@ class Mutant:
 
 ROPE, RMSNORM, SWIGLU = (f"model_lab/01_components/{n}.py" for n in ("rope", "rmsnorm", "swiglu"))
 LLAMA, GPT2 = "model_lab/02_architectures/llama.py", "model_lab/02_architectures/gpt2.py"
-GENERATION = "model_lab/generation.py"
+GENERATION, BACKENDS = "model_lab/generation.py", "model_lab/attention_backends.py"
 OPT = "training_sys/optimization"
 TOK = "data_pipeline/tokenization"
 
 T_ROPE, T_RMSNORM, T_SWIGLU = "tests/model_lab/test_rope.py", "tests/model_lab/test_rmsnorm.py", "tests/model_lab/test_swiglu.py"
 T_LLAMA = ("tests/model_lab/test_llama.py", "tests/model_lab/test_edges_attention.py")
-T_GPT2 = ("tests/model_lab/test_gpt2.py",)
+T_GPT2 = ("tests/model_lab/test_gpt2.py", "tests/model_lab/test_edges_attention.py")
 T_GEN = ("tests/model_lab/test_generation.py", "tests/model_lab/test_edges_sampling.py")
 T_ADAMW = ("tests/training_sys/optimization/test_adamw.py", "tests/training_sys/optimization/test_edges_adamw.py")
 T_TOKENIZER = ("tests/data_pipeline/test_tokenization.py", "tests/data_pipeline/test_tokenization_cache.py",
@@ -35,6 +35,7 @@ T_TOKENIZER = ("tests/data_pipeline/test_tokenization.py", "tests/data_pipeline/
 T_BPE = ("tests/data_pipeline/test_bpe_ties.py", "tests/data_pipeline/test_tokenization.py",
          "tests/data_pipeline/test_tokenization_basic.py")
 T_PRETRAIN = ("tests/training_sys/test_pretrain.py",)
+T_ATTN = ("tests/model_lab/test_edges_attention.py", "tests/model_lab/test_llama.py", "tests/model_lab/test_gpt2.py")
 
 MUTANTS: list[Mutant] = [
     # ---- model_lab/01_components：课程里的组件 ----
@@ -156,4 +157,51 @@ MUTANTS: list[Mutant] = [
            'return " ".join(line.split())  # 去掉行尾硬换行的两个空格、删提示后留下的多余空格',
            "return line.strip()",
            ("tests/data_pipeline/test_corpora.py",), "清洗台词时不合并删掉舞台提示后留下的连续空格"),
+    # ---- 正在重构的文件（llama / gpt2 / generation / attention_backends / pretrain / speedrun）：
+    #      原文按这次重构之后的代码写的，它们最可能先变成 stale ----
+    Mutant("attn_mask_no_nan_guard", BACKENDS,
+           "return mask | ~mask.any(dim=-1, keepdim=True)", "return mask",
+           T_ATTN, "去掉全被掩码的行的兜底：左 padding 的 padding 行在 eager 上 softmax 得到 NaN"),
+    Mutant("eager_softmax_in_low_precision", BACKENDS,
+           "probs = scores.softmax(dim=-1, dtype=torch.float32).to(q.dtype)", "probs = scores.softmax(dim=-1)",
+           T_ATTN, "eager 注意力在 bf16 里做 softmax（HF 在 fp32 里做）"),
+    Mutant("repeat_kv_tiles_heads", BACKENDS,
+           "return x[:, :, None].expand(b, h_kv, n_rep, s, d).reshape(b, h_kv * n_rep, s, d)",
+           "return x.repeat(1, n_rep, 1, 1)",
+           T_ATTN, "GQA 复制 KV 头时整组平铺（kv0,kv1,kv0,kv1）而不是逐个重复（kv0,kv0,kv1,kv1）"),
+    Mutant("llama_bf16_rope_minus_theta", LLAMA,
+           "return torch.stack((x0 * cos - x1 * sin, x1 * cos + x0 * sin), dim=-1).flatten(-2)",
+           "return torch.stack((x0 * cos + x1 * sin, x1 * cos - x0 * sin), dim=-1).flatten(-2)",
+           T_LLAMA, "Llama 的 bf16/fp16 RoPE 分支转了 −θ"),
+    Mutant("llama_rmsnorm_weight_before_cast", LLAMA,
+           "return self.weight * x.to(dtype)", "return (self.weight * x).to(dtype)",
+           T_LLAMA, "Llama 的 RMSNorm 先乘 γ 再转回 bf16（与 HF 的舍入顺序不同）"),
+    Mutant("llama_residual_init_unscaled", LLAMA,
+           "residual_std = std / math.sqrt(2 * self.config.num_hidden_layers)",
+           "residual_std = std / math.sqrt(self.config.num_hidden_layers)",
+           T_LLAMA, "残差投影的初始化按 sqrt(L) 而不是 sqrt(2L) 缩小"),
+    Mutant("gpt2_gelu_constant", GPT2,
+           "(x + 0.044715 * torch.pow(x, 3.0))", "(x + 0.0447 * torch.pow(x, 3.0))",
+           T_GPT2, "GPT-2 的 tanh-GELU 常数写成 0.0447"),
+    Mutant("gpt2_inverse_layer_idx_off_by_one", GPT2,
+           "self.scale /= float(layer_idx + 1)", "self.scale /= float(max(layer_idx, 1))",
+           T_GPT2, "scale_attn_by_inverse_layer_idx 的层号从 0 数"),
+    Mutant("top_p_strict_less", GENERATION,
+           "remove_sorted = cum_probs <= (1 - top_p)", "remove_sorted = cum_probs < (1 - top_p)",
+           T_GEN, "top-p 在累计概率恰好等于 1 − p 时多保留一个 token（HF 用 <=）"),
+    Mutant("sampling_skips_fp32_upcast", GENERATION,
+           "logits = process_logits(logits.float(), temperature, top_k, top_p)",
+           "logits = process_logits(logits, temperature, top_k, top_p)",
+           T_GEN, "bf16 logits 不升到 fp32 就过滤和采样"),
+    Mutant("top_k_drops_ties", GENERATION,
+           "return logits.masked_fill(logits < kth_value, float(\"-inf\"))",
+           "return logits.masked_fill(logits <= kth_value, float(\"-inf\"))",
+           T_GEN, "top-k 把第 k 名（及与它并列的）也删掉"),
+    Mutant("accumulation_weights_uniform", "training_sys/pretrain.py",
+           "weighted = loss * (n / denom)", "weighted = loss / len(micro_batches)",
+           T_PRETRAIN, "梯度累积每个 micro-batch 除以 K，而不是按有效 token 数加权"),
+    Mutant("speedrun_vocab_cap", "training_sys/speedrun.py",
+           "return int(min(32768, max(512, 2 ** round(math.log2(max(n_bytes, 1) / 2000)))))",
+           "return int(min(65536, max(512, 2 ** round(math.log2(max(n_bytes, 1) / 2000)))))",
+           ("tests/training_sys/test_speedrun.py",), "自动词表大小的上限写成 65536"),
 ]
