@@ -16,25 +16,32 @@ import torch
 import torch.nn.functional as F
 
 llama = importlib.import_module("model_lab.02_architectures.llama")
+gpt2 = importlib.import_module("model_lab.02_architectures.gpt2")
 
+ARCHS = ["llama", "gpt2"]
 BACKENDS = ["eager", "sdpa"]
 VOCAB = 97
 
 
-def make_pair(backend: str, seed: int = 0, **overrides):
-    """同权重的 (ours, HF)，两边用同名的注意力后端；RMSNorm 权重随机扰动（初始化的 1 测不出乘错位置）。"""
+def make_pair(arch: str, backend: str, seed: int = 0, **overrides):
+    """同权重的 (ours, HF)，两边用同名的注意力后端；归一化层的权重随机扰动（初始化的 1 测不出乘错位置）。"""
     torch.manual_seed(seed)
-    cfg = dict(vocab_size=VOCAB, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
-               num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=96,
-               attn_implementation=backend)
-    model = llama.Llama(llama.LlamaConfig(**{**cfg, **overrides})).eval()
+    if arch == "llama":
+        cfg = dict(vocab_size=VOCAB, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
+                   num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=96,
+                   attn_implementation=backend)
+        model = llama.Llama(llama.LlamaConfig(**{**cfg, **overrides})).eval()
+    else:
+        cfg = dict(vocab_size=VOCAB, n_positions=64, n_embd=48, n_layer=2, n_head=4, resid_pdrop=0.0,
+                   embd_pdrop=0.0, attn_pdrop=0.0, attn_implementation=backend)
+        model = gpt2.GPT2(gpt2.GPT2Config(**{**cfg, **overrides})).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if "norm" in name:
+            if "norm" in name or "ln_" in name:
                 p.add_(torch.randn_like(p) * 0.1)
-    hf = llama.build_hf_reference(model)
-    hf.set_attn_implementation(backend)  # HF 默认 sdpa；eager 要显式切过去，两边才比的是同一种算法
-    return model, hf
+    # HF 默认 sdpa；eager 要显式指定，两边才比的是同一种算法
+    build = llama.build_llama_hf_reference if arch == "llama" else gpt2.build_gpt2_hf_reference
+    return model, build(model, attn_implementation=backend)
 
 
 def left_padded(pads: list[int], t: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,9 +58,10 @@ def hf_position_ids(mask: torch.Tensor) -> torch.Tensor:
     return (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
 
 
+@pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_left_padded_forward_matches_hf_and_stays_finite(backend):
-    model, hf = make_pair(backend, seed=1)
+def test_left_padded_forward_matches_hf_and_stays_finite(arch, backend):
+    model, hf = make_pair(arch, backend, seed=1)
     ids, mask = left_padded([3, 0, 1], t=9, seed=2)
     pos = hf_position_ids(mask)
     with torch.no_grad():
@@ -66,9 +74,10 @@ def test_left_padded_forward_matches_hf_and_stays_finite(backend):
     torch.testing.assert_close(ours[real], ref[real], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_left_padded_loss_and_gradients_match_hf(backend):
-    model, hf = make_pair(backend, seed=3)
+def test_left_padded_loss_and_gradients_match_hf(arch, backend):
+    model, hf = make_pair(arch, backend, seed=3)
     model.train()
     hf.train()
     ids, mask = left_padded([2, 0], t=8, seed=4)
@@ -88,11 +97,12 @@ def test_left_padded_loss_and_gradients_match_hf(backend):
         torch.testing.assert_close(p.grad, hf_params[name].grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
+@pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("sampling", [False, True])
-def test_left_padded_generate_matches_hf(backend, sampling):
+def test_left_padded_generate_matches_hf(arch, backend, sampling):
     """prefill（padding 行全被掩码）+ KV cache 逐 token 解码，贪心与同一随机种子下的采样都与 HF generate 相同。"""
-    model, hf = make_pair(backend, seed=5)
+    model, hf = make_pair(arch, backend, seed=5)
     ids, mask = left_padded([3, 0, 1], t=7, seed=6)
     kw = dict(temperature=0.9, top_p=0.9) if sampling else dict(temperature=0)
     torch.manual_seed(11)
@@ -106,7 +116,7 @@ def test_left_padded_generate_matches_hf(backend, sampling):
 
 def _peaked_bf16_pair(backend: str):
     """q/k 权重放大 8 倍：分数放大 64 倍，注意力从近似均匀变成集中在少数几个 key 上，RoPE 的方向才影响 logits。"""
-    model, hf = make_pair(backend, seed=7, hidden_size=64, intermediate_size=96, num_attention_heads=4)
+    model, hf = make_pair("llama", backend, seed=7, hidden_size=64, intermediate_size=96, num_attention_heads=4)
     with torch.no_grad():
         for m in (model, hf):
             for layer in m.model.layers:
