@@ -165,6 +165,53 @@ def test_generate_sampling_is_reproducible_and_top_k_1_is_greedy():
     assert torch.equal(model.generate(prompt, 12, temperature=0.8, top_k=1), greedy)
 
 
+def test_left_padded_batch_generate_matches_hf():
+    """左 padding 的批量生成：与 HF 一样按 attention_mask 推出位置（从第一个真实 token 记 0），逐 token 相同。"""
+    model, hf = make_pair("base", seed=12)
+    prompt = torch.randint(1, model.config.vocab_size, (3, 6))
+    mask = torch.ones_like(prompt)
+    prompt[0, :2], mask[0, :2] = 0, 0
+    prompt[2, :5], mask[2, :5] = 0, 0
+    ours = model.generate(prompt, 10, temperature=0.0, attention_mask=mask)
+    theirs = hf.generate(prompt, attention_mask=mask, max_new_tokens=10, do_sample=False, pad_token_id=0)
+    assert torch.equal(ours, theirs)
+    alone = model.generate(prompt[2:, 5:], 10, temperature=0.0)  # 去掉 padding 单独生成：结果相同
+    assert torch.equal(ours[2, 6:], alone[0, 1:])
+
+
+def test_generate_eos_padding_and_no_cache_path():
+    model, hf = make_pair("odd_inner", seed=13)
+    prompt = torch.randint(0, model.config.vocab_size, (2, 3))
+    greedy = model.generate(prompt, 10, temperature=0.0)
+    eos = int(greedy[0, 5])
+    out = model.generate(prompt, 10, temperature=0.0, eos_token_id=eos)
+    ref = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=10, do_sample=False,
+                      eos_token_id=eos, pad_token_id=eos)
+    assert torch.equal(out, ref)
+    row0 = out[0, 3:].tolist()
+    assert all(tok == eos for tok in row0[row0.index(eos):])
+    a = model.generate(prompt, 8, temperature=1.0, top_p=0.9, generator=torch.Generator().manual_seed(1))
+    b = model.generate(prompt, 8, temperature=1.0, top_p=0.9, generator=torch.Generator().manual_seed(1),
+                       use_cache=False)
+    assert torch.equal(a, b)
+
+
+def test_attention_and_residual_dropout_equal_hf_eager():
+    """train 模式、dropout 全开：同一个种子下与 HF eager 逐位一致（dropout 的位置与随机数消耗顺序都相同）。"""
+    torch.manual_seed(14)
+    model = GPT2(GPT2Config(**CONFIGS["base"][0], attn_pdrop=0.2, resid_pdrop=0.1, embd_pdrop=0.1,
+                            bos_token_id=None, eos_token_id=None, attn_implementation="eager")).train()
+    hf = build_gpt2_hf_reference(model).train()
+    ids = torch.randint(0, model.config.vocab_size, (2, 9))
+    torch.manual_seed(0)
+    ours = model(ids)
+    torch.manual_seed(0)
+    theirs = hf(ids).logits
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+    torch.manual_seed(1)
+    assert not torch.allclose(model(ids), ours)  # dropout 真的起作用
+
+
 # ---------------------------------------------------------------------------
 # 保存 / 加载
 # ---------------------------------------------------------------------------
@@ -190,6 +237,19 @@ def test_we_load_what_hf_saves(name, tmp_path):
     ids = torch.randint(0, model.config.vocab_size, (2, 9))
     with torch.no_grad():
         torch.testing.assert_close(model(ids), hf(ids).logits, atol=1e-5, rtol=0)
+
+
+def test_dtype_policy_keeps_file_dtype_unless_asked(tmp_path):
+    """与 Llama 相同：dtype=None 保持文件里的 dtype，给了 dtype 才转换。"""
+    model, _ = make_pair("base", seed=15)
+    model.to(torch.bfloat16).save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["dtype"] == "bfloat16"
+    again = GPT2.from_pretrained(tmp_path)
+    assert again.transformer.wte.weight.dtype == torch.bfloat16 and not again.training
+    for key, value in model.state_dict().items():
+        assert torch.equal(again.state_dict()[key], value), key
+    assert GPT2.from_pretrained(tmp_path, dtype=torch.float32).lm_head.weight.dtype == torch.float32
+    assert GPT2.from_pretrained(tmp_path, attn_implementation="eager").config.attn_implementation == "eager"
 
 
 def test_we_load_sharded_hf_checkpoint(tmp_path):

@@ -178,6 +178,27 @@ def test_attention_backends_agree_and_registry_is_used():
     assert calls[0][0][1] == 4 and calls[0][1][1] == 1 and calls[0][2] is True
 
 
+def test_mlp_activation_is_a_swappable_module():
+    """MLP 的激活是子模块属性 act_fn（与 HF 的 LlamaMLP 相同）：换成手写的 SiLU，输出不变且确实被调用。"""
+    model, _ = make_pair("mha_untied", seed=19)
+    ids = torch.randint(0, 97, (2, 7))
+    with torch.no_grad():
+        ref = model(ids)
+    calls = []
+
+    class HandSiLU(torch.nn.Module):
+        def forward(self, x):
+            calls.append(x.shape)
+            return x * torch.sigmoid(x)
+
+    assert isinstance(model.model.layers[0].mlp.act_fn, torch.nn.SiLU)
+    for layer in model.model.layers:
+        layer.mlp.act_fn = HandSiLU()
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids), ref, rtol=1e-5, atol=1e-6)
+    assert len(calls) == len(model.model.layers)
+
+
 def test_counters_match_hf_and_formula():
     model, hf = make_pair("gqa_tied_linear")
     assert model.num_parameters() == hf.num_parameters()
@@ -193,6 +214,7 @@ def test_scaled_init():
     cfg = LlamaConfig(vocab_size=512, hidden_size=256, intermediate_size=512, num_hidden_layers=8,
                       num_attention_heads=4, max_position_embeddings=64)
     model = Llama(cfg)
+    assert hasattr(model, "reset_parameters")  # 与 GPT-2 同名的初始化方法
     layer = model.model.layers[3]
     assert abs(layer.self_attn.q_proj.weight.std().item() - 0.02) < 1e-3
     assert abs(layer.self_attn.o_proj.weight.std().item() - 0.02 / 4) < 3e-4  # 0.02 / sqrt(2*8)
