@@ -547,8 +547,8 @@ def accumulate_step(fwd_model: torch.nn.Module, micro_batches: Sequence[tuple[to
             with autocast():
                 logits, loss = fwd_model(x, y)
             if n:
-                # K=1 且没有 -100 时权重是 1.0，与直接 loss.backward() 逐位相同
-                weighted = loss * (n / denom)
+                # K=1 且没有 -100（预训练的常态）时权重恰好是 1，省掉一次乘法与它的反向节点
+                weighted = loss if n == denom else loss * (n / denom)
             else:
                 # 没有有效 token 的 micro-batch：平均 loss 是 0/0 = NaN，它的贡献应当是 0。仍然做一次梯度为 0 的反向：
                 # 数据并行要求每个 rank 的每个 micro-batch 都反向，最后一个还要触发梯度同步
