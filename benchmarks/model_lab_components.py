@@ -1,8 +1,13 @@
-"""组件基准：RMSNorm / RoPE / SwiGLU（model_lab/01_components）vs transformers 的 Llama 模块。
+"""组件基准：RMSNorm / RoPE / SwiGLU（model_lab/01_components）vs transformers 的 Llama 模块，
+以及基础积木（basics.py：Linear、Embedding、SiLU、softmax）vs PyTorch 自带的算子。
 
 同一进程、同一输入、同一份权重；前向 + 反向取中位数（毫秒，单线程的进程 CPU 时间，见 compare_ms），
 比值 = 我们 / 参考（< 1 表示我们更快）。本脚本只在 CPU 上测。
 RoPE 另比一行 interleaved 布局：我们的实数写法 vs Meta 原版的复数乘法。
+基础积木：Linear 是 hidden → hidden 的投影；softmax 作用在注意力分数 (B·H, T, T) 上；
+log_softmax 作用在 (B·T, vocab) 的 logits 上（交叉熵的前半步）；Embedding 是 vocab 行的查表（反向是 scatter-add）。
+逐元素的 SiLU / softmax 我们慢几倍到十几倍：每一步（exp、除法、where、求和）都是单独的算子、各读写一遍内存，
+PyTorch 的内核一次遍历全部做完——这就是算子融合（torch.compile、Triton）要省下的访存。
 
 运行：PYTHONPATH=. .venv/bin/python benchmarks/model_lab_components.py   （SMOKE=1 几秒钟试跑，不写 RESULTS.md）
 """
@@ -23,6 +28,7 @@ from utils.torch_playground import benchmark_interleaved, setup_seed
 rmsnorm = importlib.import_module("model_lab.01_components.rmsnorm")
 rope = importlib.import_module("model_lab.01_components.rope")
 swiglu = importlib.import_module("model_lab.01_components.swiglu")
+basics = importlib.import_module("model_lab.01_components.basics")
 
 SMOKE = is_smoke()
 REPS, WARMUP = (2, 1) if SMOKE else (15, 3)
@@ -103,20 +109,43 @@ def bench_mlp(rows, b, t, d):
     rows.append((f"ReLU² ReLU2MLP（h={4 * d}）", "NemotronMLP relu2", *compare_ms(ours, ref, [x])))
 
 
+def bench_basics(rows, b, t, d, nh, vocab):
+    ours = basics.Linear(d, d)
+    ref = torch.nn.Linear(d, d)
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(b, t, d, requires_grad=True)
+    rows.append((f"Linear（{d}→{d}，matmul + autograd）", "nn.Linear", *compare_ms(ours, ref, [x])))
+    rows.append(("SiLU（安全 σ，手写反向）", "F.silu", *compare_ms(basics.silu, torch.nn.functional.silu, [x])))
+    s = torch.randn(b * nh, t, t, requires_grad=True)
+    rows.append((f"softmax（减最大值，手写反向），({b * nh}, {t}, {t})", "torch.softmax",
+                 *compare_ms(lambda s: basics.softmax(s, -1), lambda s: torch.softmax(s, -1), [s])))
+    logits = torch.randn(b * t, vocab, requires_grad=True)
+    rows.append((f"log_softmax（logsumexp），({b * t}, {vocab})", "torch.log_softmax",
+                 *compare_ms(lambda z: basics.log_softmax(z, -1), lambda z: torch.log_softmax(z, -1), [logits])))
+    ours_emb = basics.Embedding(vocab, d)
+    ref_emb = torch.nn.Embedding(vocab, d)
+    ref_emb.load_state_dict(ours_emb.state_dict())
+    ids = torch.randint(0, vocab, (b, t))
+    rows.append((f"Embedding（{vocab}×{d}，index_add 反向）", "nn.Embedding",
+                 *compare_ms(lambda: ours_emb(ids), lambda: ref_emb(ids), [])))
+
+
 def main():
     setup_seed()
     torch.set_num_threads(1)  # 共享的 2 核机器上单线程的中位数最稳定；比值才是要看的量
     info = machine_info()
     print(info)
     b, t, d, nh, hs = (1, 16, 64, 2, 32) if SMOKE else (4, 256, 1024, 16, 64)
+    vocab = 256 if SMOKE else 32000
     rows: list[tuple[str, str, float, float]] = []
     bench_rmsnorm(rows, b, t, d)
     bench_rope(rows, b, nh, t, hs)
     bench_mlp(rows, b, t, d)
+    bench_basics(rows, b, t, d, nh, vocab)
     lines = [
-        "### model_lab 组件：RMSNorm / RoPE / SwiGLU vs transformers（前向 + 反向）",
+        "### model_lab 组件：RMSNorm / RoPE / SwiGLU vs transformers，基础积木 vs PyTorch（前向 + 反向）",
         "",
-        f"{info}；单线程，进程 CPU 时间的中位数（{REPS} 次，交替测量）；B={b}，T={t}，hidden={d}，RoPE 为 {nh} 头 × head_dim {hs}。比值 = 我们 / 参考。",
+        f"{info}；单线程，进程 CPU 时间的中位数（{REPS} 次，交替测量）；B={b}，T={t}，hidden={d}，RoPE 为 {nh} 头 × head_dim {hs}，词表 {vocab}。比值 = 我们 / 参考。",
         "",
         "| 我们 | 参考 | 我们 (ms) | 参考 (ms) | 比值 |",
         "|---|---|---:|---:|---:|",

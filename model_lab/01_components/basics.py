@@ -410,7 +410,8 @@ def log_softmax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     _check_dim(x, dim, "log_softmax")
     x32 = _opmath(x)
     shifted = x32 - _row_max(x32, dim)
-    return (shifted - logsumexp(shifted, dim, keepdim=True)).to(x.dtype)
+    # logsumexp(x − m)：x − m 的最大值已是 0，直接 log Σ e^{x−m}，不必再走一遍求最大值
+    return (shifted - torch.log(torch.exp(shifted).sum(dim, keepdim=True))).to(x.dtype)
 
 
 # ---------------------------------------------------------------------------------------------------
