@@ -4,7 +4,7 @@
 
 - 字符级（nanoGPT shakespeare_char 的做法）：词表 = 文本里出现过的所有字符排序后编号，前 90% / 后 10% 切分。
       load_char_data(path="input.txt")  或  load_char_data(corpus="shakespeare")
-- token 分片（ARCHITECTURE.md §5，`python -m data_pipeline.tokenization encode` 的输出）：
+- token 分片（docs/ARCHITECTURE.md §5，`python -m data_pipeline.tokenization encode` 的输出）：
       load_token_shards("checkpoints/tok")   # train.bin、val.bin 是扁平的 uint16/uint32 memmap，meta.json 是元数据
 
 采样：每个样本是从 [0, N − T − 1] 里均匀抽一个起点、取 T+1 个连续 token 的窗口（x = 前 T 个，y = 后 T 个）。
@@ -165,7 +165,7 @@ def load_token_shards(shard_dir: str | Path) -> LMData:
         tok = Tokenizer.load(tok_file)
         decode, encode = tok.decode, tok.encode_ordinary
         hf_json = tok_file.parent / "tokenizer.json"
-        if hf_json.is_file():  # ARCHITECTURE.md §5：checkpoint 目录里放上 tokenizer.json
+        if hf_json.is_file():  # docs/ARCHITECTURE.md §5：checkpoint 目录里放上 tokenizer.json
             extra["tokenizer.json"] = hf_json.read_text(encoding="utf-8")
     return LMData(train=train, val=val, vocab_size=vocab_size, decode=decode, encode=encode,
                   val_bytes_per_token=val_bytes_per_token, source=f"shards:{shard_dir}", extra_files=extra)

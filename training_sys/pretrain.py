@@ -563,7 +563,7 @@ def train(cfg: TrainConfig, *, model: torch.nn.Module | None = None, optimizer: 
           on_step: Callable[[int, dict[str, Any]], bool | None] | None = None) -> TrainResult:
     """按 cfg 训练，返回 TrainResult。
 
-    部件可以从外面给（ARCHITECTURE.md §10：训练器从外面接收模型、优化器与步策略，DDP / ZeRO / FSDP 包装同一个循环）：
+    部件可以从外面给（docs/ARCHITECTURE.md §10：训练器从外面接收模型、优化器与步策略，DDP / ZeRO / FSDP 包装同一个循环）：
     - model：不给 = build_model(cfg, …)。给了就用它本身与它所在的设备（cfg 的模型字段与 device 只作记录）；
       它要有 save_pretrained（checkpoint 是 HF 模型目录），forward(x, y) 返回 (logits, 平均 loss)。
     - optimizer：不给 = build_optimizer(cfg, model)；给了必须同时给 model（优化器管的正是那个模型的参数）。

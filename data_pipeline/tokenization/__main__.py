@@ -7,7 +7,7 @@ train 写出 <out>/bpe.json（本项目格式，Tokenizer.load 读取）与 <out
 encode 按字节位置把语料切成前 (1 − val_fraction) 与后 val_fraction（切点挪到下一个换行之后，不切断一行），
 两段各自流式编码（每次读 1 MB，内存有界），写出：
     train.bin / val.bin   扁平的 token id 数组，numpy.memmap(path, dtype, mode="r") 即可读取；
-                          dtype 为 uint16，词表里最大 id 超过 65,535 时为 uint32（ARCHITECTURE.md §5）
+                          dtype 为 uint16，词表里最大 id 超过 65,535 时为 uint32（docs/ARCHITECTURE.md §5）
     meta.json             {"tokenizer", "vocab_size", "dtype", "train_tokens", "val_tokens", "special_tokens", ...}
 所有文件先写临时文件再 rename：中途崩溃不会留下写了一半的 .bin。
 

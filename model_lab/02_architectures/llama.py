@@ -13,7 +13,7 @@
 KVCache / PagedKVCache / AttnMetadata（model_lab/kv_cache.py）、HF 目录读写（model_lab/hf_io.py）、
 采样与生成循环（model_lab/generation.py）。
 
-按 ARCHITECTURE.md §4，本文件自带精简的 RMSNorm/RoPE/注意力，不 import 01_components 里的课程文件；
+按 docs/ARCHITECTURE.md §4，本文件自带精简的 RMSNorm/RoPE/注意力，不 import 01_components 里的课程文件；
 两边都对照同一个参考实现（HF），所以不会悄悄走样。本文件在模块顶层不 import transformers（导入 model_lab 要便宜），
 只有 main() 在需要对照时才导入它。
 """
