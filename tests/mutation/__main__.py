@@ -77,8 +77,10 @@ def run_pytest(root: Path, tests: tuple[str, ...], timeout: float) -> tuple[int 
     cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", *tests]
     start = time.perf_counter()
     # 新的进程组：超时时连同 pytest 派生的子进程（多进程预分词、DDP 测试）一起结束
+    # SIGINT 恢复默认：在后台（nohup、不带作业控制的 shell）启动时它被继承为"忽略"，Python 就不装 KeyboardInterrupt
+    # 处理函数，测 Ctrl-C 行为的测试（test_pretrain 的 SIGINT 测试）会在副本里失败而在前台通过
     proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         out, _ = proc.communicate(timeout=timeout)
         code: int | None = proc.returncode

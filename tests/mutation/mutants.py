@@ -26,16 +26,19 @@ OPT = "training_sys/optimization"
 TOK = "data_pipeline/tokenization"
 
 T_ROPE, T_RMSNORM, T_SWIGLU = "tests/model_lab/test_rope.py", "tests/model_lab/test_rmsnorm.py", "tests/model_lab/test_swiglu.py"
-T_LLAMA = ("tests/model_lab/test_llama.py", "tests/model_lab/test_edges_attention.py")
-T_GPT2 = ("tests/model_lab/test_gpt2.py", "tests/model_lab/test_edges_attention.py")
+T_LLAMA = ("tests/model_lab/test_llama.py", "tests/model_lab/test_edges_attention.py",
+           "tests/model_lab/test_edges_bitwise.py")
+T_GPT2 = ("tests/model_lab/test_gpt2.py", "tests/model_lab/test_edges_attention.py",
+          "tests/model_lab/test_edges_bitwise.py")
 T_GEN = ("tests/model_lab/test_generation.py", "tests/model_lab/test_edges_sampling.py")
 T_ADAMW = ("tests/training_sys/optimization/test_adamw.py", "tests/training_sys/optimization/test_edges_adamw.py")
 T_TOKENIZER = ("tests/data_pipeline/test_tokenization.py", "tests/data_pipeline/test_tokenization_cache.py",
                "tests/data_pipeline/test_bpe_ties.py")
 T_BPE = ("tests/data_pipeline/test_bpe_ties.py", "tests/data_pipeline/test_tokenization.py",
          "tests/data_pipeline/test_tokenization_basic.py")
-T_PRETRAIN = ("tests/training_sys/test_pretrain.py",)
-T_ATTN = ("tests/model_lab/test_edges_attention.py", "tests/model_lab/test_llama.py", "tests/model_lab/test_gpt2.py")
+T_PRETRAIN = ("tests/training_sys/test_pretrain.py", "tests/training_sys/test_train_parts.py")
+T_ATTN = ("tests/model_lab/test_edges_attention.py", "tests/model_lab/test_edges_bitwise.py",
+          "tests/model_lab/test_llama.py", "tests/model_lab/test_gpt2.py")
 
 MUTANTS: list[Mutant] = [
     # ---- model_lab/01_components：课程里的组件 ----
@@ -162,9 +165,9 @@ MUTANTS: list[Mutant] = [
     Mutant("attn_mask_no_nan_guard", BACKENDS,
            "return mask | ~mask.any(dim=-1, keepdim=True)", "return mask",
            T_ATTN, "去掉全被掩码的行的兜底：左 padding 的 padding 行在 eager 上 softmax 得到 NaN"),
-    Mutant("eager_softmax_in_low_precision", BACKENDS,
-           "probs = scores.softmax(dim=-1, dtype=torch.float32).to(q.dtype)", "probs = scores.softmax(dim=-1)",
-           T_ATTN, "eager 注意力在 bf16 里做 softmax（HF 在 fp32 里做）"),
+    Mutant("eager_scales_q_before_matmul", BACKENDS,
+           "scores = torch.matmul(q, k.transpose(-2, -1)) * scale", "scores = torch.matmul(q * scale, k.transpose(-2, -1))",
+           T_ATTN, "eager 注意力先把 q 乘 scale 再做矩阵乘（bf16 下与 HF 的舍入不同）"),
     Mutant("repeat_kv_tiles_heads", BACKENDS,
            "return x[:, :, None].expand(b, h_kv, n_rep, s, d).reshape(b, h_kv * n_rep, s, d)",
            "return x.repeat(1, n_rep, 1, 1)",
@@ -198,7 +201,7 @@ MUTANTS: list[Mutant] = [
            "return logits.masked_fill(logits <= kth_value, float(\"-inf\"))",
            T_GEN, "top-k 把第 k 名（及与它并列的）也删掉"),
     Mutant("accumulation_weights_uniform", "training_sys/pretrain.py",
-           "weighted = loss * (n / denom)", "weighted = loss / len(micro_batches)",
+           "weighted = loss if n == denom else loss * (n / denom)", "weighted = loss / len(micro_batches)",
            T_PRETRAIN, "梯度累积每个 micro-batch 除以 K，而不是按有效 token 数加权"),
     Mutant("speedrun_vocab_cap", "training_sys/speedrun.py",
            "return int(min(32768, max(512, 2 ** round(math.log2(max(n_bytes, 1) / 2000)))))",
