@@ -1,0 +1,20 @@
+"""分布式训练：从 torch.distributed 的集合通信原语搭起 DDP、ZeRO、FSDP、张量 / 流水线 / 上下文并行。
+
+每种并行一个文件（picotron 的做法），朴素版在前、真正用的版本在后，都附中文推导；
+`launch.py` 起进程、建进程组（课程与测试用 spawn，真正训练用 torchrun），`mesh.py` 把 rank 排成 pp × dp × cp × tp 的网格。
+"""
+
+from __future__ import annotations
+
+from utils.lazy import lazy_exports
+
+_EXPORTS = {
+    "DistributedError": "training_sys.distributed.launch",
+    "default_backend": "training_sys.distributed.launch",
+    "init_from_env": "training_sys.distributed.launch",
+    "spawn": "training_sys.distributed.launch",
+    "ParallelMesh": "training_sys.distributed.mesh",
+}
+
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
+__all__ = sorted(_EXPORTS)
