@@ -513,6 +513,16 @@ def _prepare_fresh_run_dir(run_dir: Path, cfg: TrainConfig) -> None:
     (run_dir / "latest").unlink(missing_ok=True)
 
 
+def rank_slice(batch: tuple[torch.Tensor, torch.Tensor], batch_size: int, rank: int
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """全局 batch (x, y) 的第 rank 份（每份 batch_size 条）。只有一份时原样返回。"""
+    x, y = batch
+    if x.size(0) == batch_size:
+        return x, y
+    lo = rank * batch_size
+    return x[lo:lo + batch_size], y[lo:lo + batch_size]
+
+
 def accumulate_step(fwd_model: torch.nn.Module, micro_batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
                     strategy: TrainStrategy | None = None,
                     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
@@ -597,7 +607,8 @@ def train(cfg: TrainConfig, *, model: torch.nn.Module | None = None, optimizer: 
         model = build_model(cfg, vocab_size).to(device)
     else:
         device = _external_model_device(model, cfg, data)
-    optimizer = build_optimizer(cfg, model) if optimizer is None else optimizer
+    model = strategy.prepare_model(model)  # 张量并行 / FSDP 在这里切分参数：必须早于建优化器
+    optimizer = strategy.prepare_optimizer(build_optimizer(cfg, model) if optimizer is None else optimizer)
     scheduler = build_scheduler(cfg, optimizer) if scheduler is None else scheduler
     data_gen = torch.Generator().manual_seed(cfg.seed)  # 只用来抽训练 batch：它的状态 = 数据位置
 
@@ -627,6 +638,10 @@ def train(cfg: TrainConfig, *, model: torch.nn.Module | None = None, optimizer: 
         atomic_write(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2, ensure_ascii=False) + "\n")
 
     wrapped = strategy.wrap_model(model)
+    # 数据并行：每个 rank 用同一个种子抽出整个全局 batch（batch_size × dp 条），只留自己那一份——
+    # 于是 N 个 rank 合起来看到的数据，与单进程用 batch_size × dp 训练时逐条相同（DDP 的等价性测试依赖这一点），
+    # 续训也只需要一个数据生成器的状态
+    dp_size, dp_rank = strategy.data_parallel_size, strategy.data_parallel_rank
     fwd_model = torch.compile(wrapped) if cfg.compile else wrapped
 
     def autocast() -> contextlib.AbstractContextManager:
@@ -666,7 +681,8 @@ def train(cfg: TrainConfig, *, model: torch.nn.Module | None = None, optimizer: 
                 lr = optimizer.param_groups[0]["lr"]
                 # 一步的 K 个 micro-batch 先全部取出（按同一个 Generator 依次抽，序列与逐个取时相同）：
                 # 分母要用整步的有效 token 数，必须在第一次反向之前知道
-                micro_batches = [get_batch(data.train, cfg.batch_size, cfg.block_size, data_gen, device)
+                micro_batches = [rank_slice(get_batch(data.train, cfg.batch_size * dp_size, cfg.block_size, data_gen,
+                                                      device), cfg.batch_size, dp_rank)
                                  for _ in range(cfg.grad_accum)]
                 step_loss = accumulate_step(fwd_model, micro_batches, strategy, autocast, sync_model=wrapped)
                 last_loss = strategy.reduce_loss(step_loss)

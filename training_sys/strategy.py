@@ -36,12 +36,18 @@ class TrainStrategy(Protocol):
     """训练循环依赖的全部钩子（结构化类型：任何实现了这些方法与属性的对象都可以传给 train）。
 
     data_parallel_size：梯度在多少份数据之间做平均（DDP 的 world size；TP 组内的 rank 看同一份数据，不算）。
+    data_parallel_rank：本 rank 在数据并行维上的序号：每步的全局 batch 按它切片，第 r 份归第 r 个数据并行 rank。
     """
 
     data_parallel_size: int
+    data_parallel_rank: int
 
     @property
     def is_main_process(self) -> bool: ...
+
+    def prepare_model(self, model: nn.Module) -> nn.Module: ...
+
+    def prepare_optimizer(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer: ...
 
     @property
     def runs_evaluation(self) -> bool: ...
@@ -75,6 +81,7 @@ class SingleDevice:
     """单进程、单设备：每个钩子都是最直接的写法。分布式策略继承它，只覆盖要改的钩子。"""
 
     data_parallel_size = 1
+    data_parallel_rank = 0
 
     @property
     def is_main_process(self) -> bool:
@@ -93,6 +100,19 @@ class SingleDevice:
         这时每个 rank 都得返回 True，只是只有主进程写日志。
         """
         return self.is_main_process
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        """模型建好（已在设备上）之后、优化器建立之前调用一次，返回之后训练用的模型。
+
+        为什么在优化器之前：优化器记住的是参数对象。张量并行把每个 Linear 换成只含本 rank 切片的版本、
+        ZeRO-3 / FSDP 把参数换成扁平的切片——优化器必须建在换过之后的参数上，否则它更新的是早已不用的张量。
+        DDP 在这里把 rank 0 的参数广播给所有 rank（各 rank 从同一份初始权重出发）。单卡原样返回。
+        """
+        return model
+
+    def prepare_optimizer(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+        """优化器建好之后调用一次，返回之后训练用的优化器。ZeRO-1/2 在这里把它换成只维护本 rank 那一片状态的版本。"""
+        return optimizer
 
     def wrap_model(self, model: nn.Module) -> nn.Module:
         """返回前向用的模型。单卡原样返回；DDP 返回 DistributedDataParallel(model)（它在反向里挂了 all-reduce 的钩子）。
