@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import pickle
 import queue
 import time
 import traceback
@@ -73,7 +74,8 @@ def _worker(rank: int, world_size: int, port: int, backend: str, timeout_s: floa
     try:
         store = dist.TCPStore("127.0.0.1", port, None, False, timeout=_timeout(timeout_s))
         dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=_timeout(timeout_s))
-        results.put((rank, True, fn(rank, world_size, *args)))
+        # 按值序列化：torch 的 Queue 默认经共享内存的文件描述符传张量，子进程随后退出时父进程会收不到（Connection reset）
+        results.put((rank, True, pickle.dumps(fn(rank, world_size, *args))))
     except BaseException as e:  # 把子进程的异常连同 traceback 交回父进程，而不是只留下一个退出码
         results.put((rank, False, f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
     finally:
@@ -128,13 +130,13 @@ def spawn(fn: Callable[..., Any], world_size: int, *args: Any, backend: str = "g
                     raise DistributedError(f"spawn 超时（{timeout_s:.0f} s）：rank {pending} 没有结束——"
                                            "多半是某个集合通信没有被所有 rank 同时调用（死锁），或某个 rank 卡住了") from None
                 continue
-            (outputs if ok else errors)[rank] = payload
+            (outputs if ok else errors)[rank] = pickle.loads(payload) if ok else payload
             if errors:  # 一个 rank 出错，其余的多半会卡在集合通信里：再给它们一点时间交回各自的报错，然后收场
                 grace = time.monotonic() + 2.0
                 while len(outputs) + len(errors) < world_size and time.monotonic() < grace:
                     try:
                         rank, ok, payload = results.get(timeout=0.2)
-                        (outputs if ok else errors)[rank] = payload
+                        (outputs if ok else errors)[rank] = pickle.loads(payload) if ok else payload
                     except queue.Empty:
                         pass
                 break
