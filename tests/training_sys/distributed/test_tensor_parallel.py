@@ -1,0 +1,339 @@
+"""张量并行：2 个 gloo 进程里，每个并行层、整个 Llama（含序列并行）与几步训练都和单进程对照，MLP 还和 DTensor 对照。
+
+两次 spawn：一次核对各个层与通信算子，一次核对整个模型与训练策略；每个 rank 在本进程里自己算单进程参照
+（同一个种子、同一份权重），把差值交回父进程断言。
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from training_sys.distributed import spawn
+from training_sys.distributed.tensor_parallel import (
+    ColumnParallelLinear,
+    ParallelAttention,
+    ParallelMLP,
+    RowParallelLinear,
+    TensorParallelStrategy,
+    VocabParallelEmbedding,
+    apply_tensor_parallel,
+    communication_log,
+    copy_to_tensor_parallel_region,
+    gather_from_sequence_parallel_region,
+    gather_from_tensor_parallel_region,
+    reduce_from_tensor_parallel_region,
+    reduce_scatter_to_sequence_parallel_region,
+    scatter_to_tensor_parallel_region,
+    tensor_parallel_dims,
+    vocab_parallel_cross_entropy,
+)
+
+_llama = importlib.import_module("model_lab.02_architectures.llama")
+
+
+def _config(**kw):
+    base = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, max_position_embeddings=64)
+    return _llama.LlamaConfig(**{**base, **kw})
+
+
+def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a - b).abs().max().item()
+
+
+def _chunk(t: torch.Tensor, dim: int, rank: int) -> torch.Tensor:
+    return t.chunk(2, dim)[rank]
+
+
+# ---------------------------------------------------------------------------------------------------
+# 各层与通信算子
+# ---------------------------------------------------------------------------------------------------
+
+
+def _mapping_ops_exact(rank: int, group) -> dict[str, bool]:
+    """整数值的输入与上游梯度：每个算子的前向与反向都能手算出精确结果（加法没有舍入）。"""
+    def x_of(r):  # 第 r 个 rank 的输入：(B, T, C) = (2, 4, 6)
+        return torch.arange(48.0).reshape(2, 4, 6) * (r + 1) - 7
+
+    def g_of(r, shape):  # 第 r 个 rank 从上游收到的梯度
+        return torch.arange(float(torch.Size(shape).numel())).reshape(shape) % 5 - 2 * r
+
+    both_x = [x_of(r) for r in range(2)]
+    ok = {}
+    cases = {
+        # 名字: (算子, 前向的期望, 给定各 rank 上游梯度 gs 时反向的期望)
+        "f": (copy_to_tensor_parallel_region, lambda: both_x[rank], lambda gs: gs[0] + gs[1]),
+        "g": (reduce_from_tensor_parallel_region, lambda: both_x[0] + both_x[1], lambda gs: gs[rank]),
+        "gather_last": (gather_from_tensor_parallel_region, lambda: torch.cat(both_x, -1),
+                        lambda gs: _chunk(gs[rank], -1, rank)),
+        "split_last": (scatter_to_tensor_parallel_region, lambda: _chunk(both_x[rank], -1, rank),
+                       lambda gs: torch.cat(gs, -1)),
+        "gather_seq": (gather_from_sequence_parallel_region, lambda: torch.cat(both_x, 1),
+                       lambda gs: _chunk(gs[0] + gs[1], 1, rank)),
+        "reduce_scatter_seq": (reduce_scatter_to_sequence_parallel_region,
+                               lambda: _chunk(both_x[0] + both_x[1], 1, rank), lambda gs: torch.cat(gs, 1)),
+    }
+    for name, (op, fwd, bwd) in cases.items():
+        x = both_x[rank].clone().requires_grad_(True)
+        y = op(x, group)
+        gs = [g_of(r, y.shape) for r in range(2)]
+        y.backward(gs[rank])
+        ok[name] = torch.equal(y, fwd()) and torch.equal(x.grad, bwd(gs))
+    return ok
+
+
+def _layers_worker(rank: int, world: int) -> dict:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
+    from utils.torch_playground import setup_seed
+
+    group = dist.group.WORLD
+    out: dict = {"mapping": _mapping_ops_exact(rank, group)}
+    setup_seed(0)
+
+    # 列并行：前向与完整 Linear 逐位相同；梯度
+    lin = nn.Linear(16, 8)
+    x = torch.randn(3, 5, 16, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    col = ColumnParallelLinear(lin, group, gather_output=True)
+    y, y_ref = col(x), lin(x_ref)
+    up = torch.randn_like(y_ref)
+    y.backward(up)
+    y_ref.backward(up)
+    out["column_equal"] = torch.equal(y, y_ref)
+    out["column_grads"] = max(_max_diff(x.grad, x_ref.grad), _max_diff(col.weight.grad, _chunk(lin.weight.grad, 0, rank)),
+                              _max_diff(col.bias.grad, _chunk(lin.bias.grad, 0, rank)))
+
+    # 行并行（输入是完整的，先切）：bias 只加一次
+    lin2 = nn.Linear(16, 8)
+    x, x_ref = x.detach().clone().requires_grad_(True), x.detach().clone().requires_grad_(True)
+    row = RowParallelLinear(lin2, group, input_is_parallel=False)
+    y, y_ref = row(x), lin2(x_ref)
+    y.backward(up)
+    y_ref.backward(up)
+    out["row"] = max(_max_diff(y, y_ref), _max_diff(x.grad, x_ref.grad),
+                     _max_diff(row.weight.grad, _chunk(lin2.weight.grad, 1, rank)), _max_diff(row.bias.grad, lin2.bias.grad))
+
+    # SwiGLU MLP（带 bias）：输出、输入梯度、各切片的权重梯度；前向恰好 1 次 all-reduce
+    cfg = _config(mlp_bias=True, attention_bias=True)
+    mlp = _llama.MLP(cfg)
+    pmlp = ParallelMLP(copy.deepcopy(mlp), group)
+    x = torch.randn(2, 6, cfg.hidden_size, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    with communication_log() as log:
+        y = pmlp(x)
+    out["mlp_forward_comm"] = [kind for kind, _ in log]
+    y_ref = mlp(x_ref)
+    up = torch.randn_like(y_ref)
+    y.backward(up)
+    y_ref.backward(up)
+    out["mlp"] = max(_max_diff(y, y_ref), _max_diff(x.grad, x_ref.grad),
+                     _max_diff(pmlp.gate_proj.weight.grad, _chunk(mlp.gate_proj.weight.grad, 0, rank)),
+                     _max_diff(pmlp.up_proj.bias.grad, _chunk(mlp.up_proj.bias.grad, 0, rank)),
+                     _max_diff(pmlp.down_proj.weight.grad, _chunk(mlp.down_proj.weight.grad, 1, rank)),
+                     _max_diff(pmlp.down_proj.bias.grad, mlp.down_proj.bias.grad))
+
+    # DTensor 的 ColwiseParallel / RowwiseParallel：同一个 MLP、同样的切法
+    mesh = init_device_mesh("cpu", (world,))
+    dt_mlp = parallelize_module(copy.deepcopy(mlp), mesh, {"gate_proj": ColwiseParallel(), "up_proj": ColwiseParallel(),
+                                                           "down_proj": RowwiseParallel()})
+    x_dt = x.detach().clone().requires_grad_(True)
+    y_dt = dt_mlp(x_dt)
+    y_dt.backward(up)
+    out["dtensor_shards_equal"] = all(torch.equal(getattr(pmlp, n).weight, getattr(dt_mlp, n).weight.to_local())
+                                      for n in ("gate_proj", "up_proj", "down_proj"))
+    out["vs_dtensor"] = max(_max_diff(y, y_dt), _max_diff(x.grad, x_dt.grad),
+                            *(_max_diff(getattr(pmlp, n).weight.grad, getattr(dt_mlp, n).weight.grad.to_local())
+                              for n in ("gate_proj", "up_proj", "down_proj")))
+
+    # GQA 注意力（4 个 q 头、2 个 kv 头，按整头切），RoPE 与因果掩码照常
+    attn = _llama.Attention(cfg, 0)
+    pattn = ParallelAttention(copy.deepcopy(attn), group)
+    rope = _llama.RotaryEmbedding(cfg)(torch.arange(6)[None])
+    x, x_ref = x.detach().clone().requires_grad_(True), x.detach().clone().requires_grad_(True)
+    y, y_ref = pattn(x, rope, None, None, None), attn(x_ref, rope, None, None, None)
+    y.backward(up)
+    y_ref.backward(up)
+    out["attention_heads"] = (pattn.n_head, pattn.n_kv_head)
+    out["attention"] = max(_max_diff(y, y_ref), _max_diff(x.grad, x_ref.grad),
+                           *(_max_diff(getattr(pattn, n).weight.grad, _chunk(getattr(attn, n).weight.grad, 0, rank))
+                             for n in ("q_proj", "k_proj", "v_proj")),
+                           _max_diff(pattn.o_proj.weight.grad, _chunk(attn.o_proj.weight.grad, 1, rank)),
+                           _max_diff(pattn.q_proj.bias.grad, _chunk(attn.q_proj.bias.grad, 0, rank)))
+
+    # 词表并行的嵌入：查表逐位相同，梯度只落在本 rank 的行上
+    emb = nn.Embedding(20, 8)
+    pemb = VocabParallelEmbedding(copy.deepcopy(emb), group)
+    ids = torch.randint(0, 20, (3, 7))
+    e, e_ref = pemb(ids), emb(ids)
+    up_e = torch.randn_like(e_ref)
+    e.backward(up_e)
+    e_ref.backward(up_e)
+    out["embedding_equal"] = torch.equal(e, e_ref)
+    out["embedding_grad"] = _max_diff(pemb.weight.grad, _chunk(emb.weight.grad, 0, rank))
+
+    # 词表并行的交叉熵（含 ignore_index）：loss 与 logits 的梯度
+    logits = (torch.randn(2, 9, 20) * 3).requires_grad_(True)
+    targets = torch.randint(0, 20, (2, 9))
+    targets[0, :3] = -100
+    local = _chunk(logits.detach(), -1, rank).clone().requires_grad_(True)
+    with communication_log() as log:
+        loss = vocab_parallel_cross_entropy(local, targets, group)
+    loss_ref = F.cross_entropy(logits.view(-1, 20), targets.view(-1), ignore_index=-100)
+    loss.backward()
+    loss_ref.backward()
+    out["ce_comm_elements"] = sum(n for _, n in log)
+    out["ce"] = max(abs(loss.item() - loss_ref.item()), _max_diff(local.grad, _chunk(logits.grad, -1, rank)))
+
+    # 坏输入：kv 头数不能被 tp 整除
+    errors = {}
+    for kw in ({"num_key_value_heads": 1}, {"vocab_size": 63}):
+        try:
+            apply_tensor_parallel(_llama.Llama(_config(**kw)), group)
+        except ValueError as e:
+            errors[next(iter(kw))] = str(e)
+    out["errors"] = errors
+    return out
+
+
+def test_parallel_layers_and_mapping_ops_match_single_process_and_dtensor():
+    per_rank = spawn(_layers_worker, 2, timeout_s=120)
+    for rank, out in enumerate(per_rank):
+        assert out["mapping"] == dict.fromkeys(out["mapping"], True) and len(out["mapping"]) == 6, (rank, out["mapping"])
+        assert out["column_equal"] and out["embedding_equal"], rank
+        for key in ("column_grads", "row", "mlp", "attention", "embedding_grad", "ce", "vs_dtensor"):
+            assert out[key] < 1e-6, (rank, key, out[key])
+        assert out["mlp_forward_comm"] == ["all_reduce"]  # 一个 MLP 的前向恰好一次 all-reduce
+        assert out["dtensor_shards_equal"], rank
+        assert out["attention_heads"] == (2, 1)
+        assert out["ce_comm_elements"] == 3 * 18  # max、目标 logit、Σexp：每个 token 3 个数，不 gather logits
+        assert "num_key_value_heads=1 is not divisible by tp=2" in out["errors"]["num_key_value_heads"]
+        assert "vocab_size=63 is not divisible by tp=2" in out["errors"]["vocab_size"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# 整个 Llama 与训练策略
+# ---------------------------------------------------------------------------------------------------
+
+
+def _gathered_grads(model, group) -> dict[str, torch.Tensor]:
+    dims = tensor_parallel_dims(model)
+    return {name: gather_from_tensor_parallel_region(p.grad.movedim(dims[name], -1), group).movedim(-1, dims[name])
+            if name in dims else p.grad for name, p in model.named_parameters()}
+
+
+def _train_steps(model, optimizer, strategy, batches, max_norm) -> list[float]:
+    from training_sys.pretrain import accumulate_step
+
+    norms = []
+    for micro_batches in batches:
+        accumulate_step(model, micro_batches, strategy)
+        norms.append(float(strategy.clip_grad_norm(model, max_norm)))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return norms
+
+
+def _llama_worker(rank: int, world: int) -> dict:
+    from training_sys.optimization import AdamW, weight_decay_param_groups
+    from training_sys.strategy import SingleDevice
+    from utils.torch_playground import setup_seed
+
+    group = dist.group.WORLD
+    out: dict = {}
+    setup_seed(0)
+    ids = torch.randint(0, 64, (2, 8))
+    targets = torch.randint(0, 64, (2, 8))
+    targets[1, :2] = -100
+    for name, cfg_kw, sp in (("tp", {}, False), ("sp", {}, True), ("tied_sp", {"tie_word_embeddings": True}, True)):
+        ref = _llama.Llama(_config(**cfg_kw))
+        model = copy.deepcopy(ref)
+        if rank == 1:  # 1 号的权重被打乱：apply_tensor_parallel 先广播 0 号的权重，结果仍与 0 号的模型相同
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.add_(1.0)
+        model = apply_tensor_parallel(model, group, sequence_parallel=sp)
+        logits_ref, loss_ref = ref(ids, targets)
+        loss_ref.backward()
+        logits, loss = model(ids, targets)
+        loss.backward()
+        full_logits = model(ids)  # 不给 targets：all-gather 后的完整 logits
+        grads = _gathered_grads(model, group)
+        ref_grads = dict(ref.named_parameters())
+        out[name] = {"logits": max(_max_diff(gather_from_tensor_parallel_region(logits, group), logits_ref),
+                                   _max_diff(full_logits, logits_ref)),
+                     "local_vocab": logits.size(-1), "loss": abs(loss.item() - loss_ref.item()),
+                     "grads": max(_max_diff(g, ref_grads[n].grad) for n, g in grads.items()),
+                     "names": sorted(grads) == sorted(ref_grads),
+                     "full_state_dict": max(_max_diff(v, ref.state_dict()[k])
+                                            for k, v in model.full_state_dict().items())}
+
+    # 训练：同样的 AdamW 步（梯度累积 2 个 micro-batch，裁剪生效）与单进程对照；再从完整状态续训一步
+    setup_seed(1)
+    batches = [[(torch.randint(0, 64, (2, 8)), torch.randint(0, 64, (2, 8))) for _ in range(2)] for _ in range(4)]
+    ref = _llama.Llama(_config())
+    tp_model = copy.deepcopy(ref)
+    single = SingleDevice()
+    ref_opt = AdamW(weight_decay_param_groups(ref, 0.1), lr=1e-3)
+    ref_norms = _train_steps(ref, ref_opt, single, batches[:3], max_norm=0.5)
+    strategy = TensorParallelStrategy(sequence_parallel=True)
+    tp_model = strategy.prepare_model(tp_model)
+    opt = AdamW(weight_decay_param_groups(tp_model, 0.1), lr=1e-3)
+    norms = _train_steps(tp_model, opt, strategy, batches[:3], max_norm=0.5)
+    out["norms"] = (norms, ref_norms)
+    with strategy.full_state(tp_model, opt) as (full_model, full_opt):
+        full_sd = {k: v.clone() for k, v in full_model.state_dict().items()}
+        out["full_model_type"] = type(full_model).__name__
+    ref_opt_sd = ref_opt.state_dict()
+    out["weights"] = max(_max_diff(v, ref.state_dict()[k]) for k, v in full_sd.items())
+    out["opt_keys"] = (sorted(full_opt["state"]) == sorted(ref_opt_sd["state"])
+                       and full_opt["param_groups"] == ref_opt_sd["param_groups"])
+    out["opt_state"] = max(_max_diff(st[k], ref_opt_sd["state"][i][k])
+                           for i, st in full_opt["state"].items() for k in ("exp_avg", "exp_avg_sq"))
+    # 续训：一个新的张量并行模型装回完整状态（无序列并行——checkpoint 与并行方式无关），与单进程再走一步
+    strategy2 = TensorParallelStrategy()
+    resumed = strategy2.prepare_model(_llama.Llama(_config()))
+    opt2 = AdamW(weight_decay_param_groups(resumed, 0.1), lr=1e-3)
+    strategy2.load_full_state(resumed, opt2, full_sd, full_opt, strict=True)
+    _train_steps(resumed, opt2, strategy2, batches[3:], max_norm=0.5)
+    _train_steps(ref, ref_opt, single, batches[3:], max_norm=0.5)
+    out["resumed"] = max(_max_diff(v, ref.state_dict()[k]) for k, v in resumed.full_state_dict().items())
+    out["stop"] = strategy.stop_requested(rank == 1)  # 只有 1 号想停：全体一起停
+
+    errors = {}
+    for key, fn in (("generate", lambda: resumed.generate(ids, 2)),
+                    ("sp_length", lambda: tp_model(ids[:, :7])),
+                    ("kv_cache", lambda: resumed(ids, kv_cache=object()))):
+        try:
+            fn()
+        except ValueError as e:
+            errors[key] = str(e)
+    out["errors"] = errors
+    return out
+
+
+def test_tensor_parallel_llama_and_strategy_match_single_process():
+    per_rank = spawn(_llama_worker, 2, timeout_s=150)
+    for rank, out in enumerate(per_rank):
+        for name in ("tp", "sp", "tied_sp"):
+            d = out[name]
+            assert d["names"] and d["local_vocab"] == 32, (rank, name)
+            for key in ("logits", "loss", "grads", "full_state_dict"):
+                assert d[key] < 1e-5, (rank, name, key, d[key])
+        norms, ref_norms = out["norms"]
+        assert norms == pytest.approx(ref_norms, rel=1e-5) and max(ref_norms) > 0.5  # 裁剪真的生效了
+        assert out["full_model_type"] == "Llama"
+        assert out["weights"] < 1e-5 and out["opt_state"] < 1e-6 and out["opt_keys"], rank
+        assert out["resumed"] < 1e-5, rank
+        assert out["stop"] is True
+        assert "full_model()" in out["errors"]["generate"]
+        assert "T=7" in out["errors"]["sp_length"]
+        assert "KV cache" in out["errors"]["kv_cache"]
