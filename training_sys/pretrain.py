@@ -59,6 +59,8 @@ from training_sys.checkpoint import (
     step_dir_name,
 )
 from training_sys.data import DataError, LMData, get_batch, load_char_data, load_token_shards
+from training_sys.distributed.launch import DistributedError
+from training_sys.distributed.parallel import PARALLEL_CHOICES, build_strategy, check_same_config
 from training_sys.evaluation import bits_per_byte
 from training_sys.optimization import PRECISION_ALIASES, PRECISIONS, SCHEDULE_KINDS
 from training_sys.strategy import STRATEGY_HOOKS, SingleDevice, TrainStrategy
@@ -132,6 +134,9 @@ class TrainConfig:
     compile: bool = _opt(False, "用 torch.compile 编译前向（第一步多花几十秒编译，之后每步更快）")
     device: str = _opt("auto", "设备：auto（依次尝试 CUDA → MPS → CPU）、cpu、cuda、cuda:1、mps……")
     threads: int | None = _opt(None, "CPU 上 torch 的线程数；不给 = PyTorch 默认。机器被别的进程占满时设 1 往往快得多")
+    parallel: str = _opt("none", f"并行方式，可选 {'、'.join(PARALLEL_CHOICES)}：none = 单进程；其余要用 torchrun 启动，"
+                                 "例如 `torchrun --standalone --nproc_per_node 2 -m training_sys.pretrain --parallel ddp`。"
+                                 "每个数据并行 rank 取全局 batch（batch_size × rank 数）的一份，结果与单进程用这个全局 batch 相同")
     seed: int = _opt(1337, "随机种子：初始化、训练数据的抽样、评估与样例的随机数都由它派生")
     # 评估、样例、checkpoint、日志
     eval_interval: int = _opt(250, "每隔多少步评估一次 train / val loss（最后一步总会评估）")
@@ -142,9 +147,12 @@ class TrainConfig:
     progress: bool = _opt(True, "显示 tqdm 进度条（--no-progress 关掉，例如输出重定向到文件时）")
 
     # 续训时允许与原配置不同的字段：它们不改变训练的是什么（模型、数据、优化）。
-    # 注意"逐位一致"只在同样的设备与线程数下成立：device / threads / compile 改变浮点运算的顺序，结果只在舍入误差内相同
+    # 注意"逐位一致"只在同样的设备与线程数下成立：device / threads / compile 改变浮点运算的顺序，结果只在舍入误差内相同。
+    # parallel 可以换：checkpoint 总是完整的 HF 权重 + 单进程格式的优化器状态；但全局 batch = batch_size × 数据并行 rank 数，
+    # 要接着训练"同一个东西"，rank 数得与原来相同
     RESUME_MAY_DIFFER = ("resume", "overwrite", "compile", "eval_interval", "eval_iters", "sample_tokens",
-                         "checkpoint_interval", "keep_checkpoints", "progress", "run", "out_dir", "device", "threads")
+                         "checkpoint_interval", "keep_checkpoints", "progress", "run", "out_dir", "device", "threads",
+                         "parallel")
 
     def __post_init__(self) -> None:
         # 简写换成正式名字（bf16 → bfloat16）：写进 config.json 与续训时比较的都是同一个名字
@@ -213,6 +221,8 @@ class TrainConfig:
             raise ValueError(f"sample_tokens={self.sample_tokens} 不能是负数（0 表示不生成样例）")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads={self.threads} 必须是正整数（或不给，用 PyTorch 的默认值）")
+        if self.parallel not in PARALLEL_CHOICES:
+            raise ValueError(f"parallel={self.parallel!r} 未知；可选 {PARALLEL_CHOICES}")
         if self.resume and self.overwrite:
             raise ValueError("--resume 与 --overwrite 不能同时给：一个是接着训练，一个是删掉重来")
 
@@ -588,8 +598,12 @@ def train(cfg: TrainConfig, *, model: torch.nn.Module | None = None, optimizer: 
     from utils.torch_playground import setup_seed
 
     t_start = time.perf_counter()
+    if strategy is None:
+        # --parallel：torchrun 下建进程组并构造对应的策略（none = SingleDevice）
+        strategy = build_strategy(cfg.parallel) if cfg.parallel in PARALLEL_CHOICES else SingleDevice()
+    # 先核对各 rank 的配置、再校验：只有一个 rank 的配置不合法时，其余 rank 不会在第一次通信里干等到超时
+    check_same_config(cfg.to_dict())
     cfg.validate()
-    strategy = SingleDevice() if strategy is None else strategy
     _check_parts(model, optimizer, scheduler, strategy)
     main_proc = strategy.is_main_process
     run_dir = _run_dir(cfg)
@@ -836,20 +850,30 @@ def config_from_args(argv: list[str]) -> TrainConfig:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    main_proc = True
     try:
         cfg = smoke_config() if (not argv and is_smoke()) else config_from_args(argv)
         result = train(cfg)
-    except (ValueError, FileNotFoundError, FloatingPointError) as e:
-        # 数据、配置、checkpoint 的问题与发散：一行清楚的错误，不要一长串 traceback
+    except (ValueError, FileNotFoundError, FloatingPointError, DistributedError) as e:
+        # 数据、配置、checkpoint 的问题、分布式环境不对（没有用 torchrun 启动）与发散：一行清楚的错误，不要一长串 traceback
         print(f"错误：{e}", file=sys.stderr)
         raise SystemExit(2 if not isinstance(e, FloatingPointError) else 3) from None
-    print(f"loss 曲线：{result.run_dir / 'loss.png'} | 日志：{result.run_dir / 'metrics.jsonl'} | "
-          f"checkpoint：{result.checkpoint_dir}")
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_initialized():  # --parallel：进程组是 build_strategy 建的，在这里拆掉
+            main_proc = dist.get_rank() == 0  # 只有 rank 0 打印总结（各 rank 的结果相同）
+            dist.destroy_process_group()
+    if main_proc:
+        print(f"loss 曲线：{result.run_dir / 'loss.png'} | 日志：{result.run_dir / 'metrics.jsonl'} | "
+              f"checkpoint：{result.checkpoint_dir}")
     if result.interrupted:
-        print(f"已中断于第 {result.step} 步并保存；用同样的参数加 --resume 接着训练")
+        if main_proc:
+            print(f"已中断于第 {result.step} 步并保存；用同样的参数加 --resume 接着训练")
         raise SystemExit(130)
-    print(f"{result.ms_per_iter:.1f} ms/iter | 总耗时 {result.wall_s:.1f} s | val bits/byte {result.val_bpb:.4f}")
-    print(result.final_line())
+    if main_proc:
+        print(f"{result.ms_per_iter:.1f} ms/iter | 总耗时 {result.wall_s:.1f} s | val bits/byte {result.val_bpb:.4f}")
+        print(result.final_line())
 
 
 if __name__ == "__main__":
