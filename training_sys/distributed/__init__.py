@@ -14,6 +14,12 @@ _EXPORTS = {
     "init_from_env": "training_sys.distributed.launch",
     "spawn": "training_sys.distributed.launch",
     "ParallelMesh": "training_sys.distributed.mesh",
+    "DDPStrategy": "training_sys.distributed.ddp",
+    "DataParallelBucketed": "training_sys.distributed.ddp",
+    "DataParallelNaive": "training_sys.distributed.ddp",
+    "PARALLEL_CHOICES": "training_sys.distributed.parallel",
+    "build_strategy": "training_sys.distributed.parallel",
+    "check_same_config": "training_sys.distributed.parallel",
 }
 
 __getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
