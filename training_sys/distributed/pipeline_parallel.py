@@ -15,7 +15,8 @@
    loss 与单进程的梯度累积（`training_sys.pretrain.accumulate_step`）同样按 token 加权：
    L = Σ_k (n_k / N)·L_k，n_k 是 micro-batch k 里 target ≠ -100 的 token 数，N = Σ_k n_k。
 
-3. 死锁与配对的 isend / irecv：gloo 的 send 要等对端贴出 recv 才能完成。1F1B 的稳态里相邻两段**同时**
+3. 死锁与配对的 isend / irecv：gloo 的 send 要等对端贴出 recv 才能完成（实测：两个 rank 都先 `dist.send`
+   再 `dist.recv`，哪怕只发 1 个元素也会永远挂住）。1F1B 的稳态里相邻两段**同时**
    要给对方发东西：阶段 s 把 micro-batch i 的激活发给 s+1，阶段 s+1 把 micro-batch j 的梯度发给 s。
    若两边都先阻塞地 send、再 recv，就各自等对方先 recv——死锁。解法：把这一对操作一起贴出
    （`dist.isend` 与 `dist.irecv`，都不阻塞），再等两个都完成；对端同时贴出的正是与之配对的一对
@@ -49,7 +50,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -428,10 +428,9 @@ def _demo_worker(rank: int, world: int, config, micro_batches) -> dict:
     out = {"rank": rank}
     for name, step in (("GPipe", gpipe_step), ("1F1B", one_f_one_b_step)):
         stage.zero_grad(set_to_none=True)
-        t0 = time.perf_counter()
         res = step(stage, micro_batches)
         out[name] = {"loss": None if res.loss is None else res.loss.item(), "grads": _grads(stage),
-                     "live": res.max_live_activations, "events": res.events, "seconds": time.perf_counter() - t0}
+                     "live": res.max_live_activations, "events": res.events}
     for schedule in ("gpipe", "1f1b"):
         out[f"torch_{schedule}"] = _torch_pipelining_grads(stage, micro_batches, schedule)
     return out

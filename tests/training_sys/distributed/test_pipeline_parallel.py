@@ -62,6 +62,10 @@ def _pipeline_worker(rank: int, world: int, config: LlamaConfig, batches: dict, 
         res = step(stage, batches["masked"])
         out[name] = {"loss": None if res.loss is None else res.loss.item(), "live": res.max_live_activations,
                      "events": res.events, "grads": _numpy({n: p.grad for n, p in stage.named_parameters()})}
+        # m < p：1F1B 的预热在前几段就吃掉了全部 micro-batch，没有稳态
+        stage.zero_grad(set_to_none=True)
+        step(stage, batches["short"])
+        out[f"{name}_short"] = _numpy({n: p.grad for n, p in stage.named_parameters()})
     if with_torch:
         from training_sys.distributed.pipeline_parallel import _torch_pipelining_grads
 
@@ -89,13 +93,16 @@ def _reference(config: LlamaConfig, batches: dict) -> dict:
     model = Llama(config)
     loss = accumulate_step(model, batches["masked"]).item()
     grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    accumulate_step(model, batches["short"])
+    short = {n: p.grad.clone() for n, p in model.named_parameters()}
     opt = AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
     losses = []
     for i in range(ADAMW_STEPS):
         opt.zero_grad(set_to_none=True)
         losses.append(accumulate_step(model, batches["steps"][i]).item())
         opt.step()
-    return {"loss": loss, "grads": grads, "losses": losses, "params": dict(model.named_parameters())}
+    return {"loss": loss, "grads": grads, "short": short, "losses": losses, "params": dict(model.named_parameters())}
 
 
 def _merged(per_rank: list[dict], pick) -> dict[str, torch.Tensor]:
@@ -117,6 +124,7 @@ def _check_pipeline(world: int, m: int, with_torch: bool) -> list[dict]:
     config = _config(layers=2 * world)
     batches = {"masked": _micro_batches(m, config, masked=True),
                "plain": _micro_batches(m, config, masked=False, seed=2),
+               "short": _micro_batches(world - 1, config, masked=True, seed=3),
                "steps": [_micro_batches(m, config, masked=i == 1, seed=10 + i) for i in range(ADAMW_STEPS)]}
     per_rank = spawn(_pipeline_worker, world, config, batches, with_torch, timeout_s=150)
     ref = _reference(config, batches)
@@ -125,6 +133,7 @@ def _check_pipeline(world: int, m: int, with_torch: bool) -> list[dict]:
         assert [out[name]["loss"] for out in per_rank[:-1]] == [None] * (world - 1)  # loss 只在最后一段
         assert abs(per_rank[-1][name]["loss"] - ref["loss"]) < 1e-5, name
         _assert_close(_merged(per_rank, lambda out, name=name: out[name]["grads"]), ref["grads"], name)
+        _assert_close(_merged(per_rank, lambda out, name=name: out[f"{name}_short"]), ref["short"], f"{name} m < p")
         # 每段 m 个前向、m 个反向，每个 micro-batch 各一次
         for out in per_rank:
             assert sorted(out[name]["events"]) == sorted([(kind, k) for kind in "FB" for k in range(m)])
