@@ -139,6 +139,7 @@ def bucket_assignment(params: list[torch.Tensor], bucket_cap_bytes: int) -> list
 class _Bucket:
     params: list[nn.Parameter]
     buffer: torch.Tensor  # 这个桶所有梯度拼成的一块连续内存：一次 all-reduce
+    sizes: list[int] = field(default_factory=list)  # 各参数的元素数（按桶内顺序）
     pending: int = 0  # 本次反向里还没就绪的梯度个数
     work: dist.Work | None = None
     ready: set[int] = field(default_factory=set)
@@ -171,8 +172,8 @@ class DataParallelBucketed(nn.Module):
             for p in members:
                 self._where[id(p)] = (b, offset)
                 offset += p.numel()
-            self.buckets.append(_Bucket(members, torch.empty(offset, dtype=members[0].dtype,
-                                                             device=members[0].device)))
+            self.buckets.append(_Bucket(members, torch.empty(offset, dtype=members[0].dtype, device=members[0].device),
+                                        [p.numel() for p in members]))
         self._next_bucket = 0  # 下一个该发起 all-reduce 的桶：必须按编号顺序发（见模块说明）
         self._callback_queued = False
         self._reset_pending()
@@ -219,14 +220,9 @@ class DataParallelBucketed(nn.Module):
             bucket = self.buckets[self._next_bucket]
             if bucket.pending and not force:
                 return
-            offset = 0
-            for p in bucket.params:
-                n = p.numel()
-                if p.grad is None:
-                    bucket.buffer[offset:offset + n].zero_()
-                else:
-                    bucket.buffer[offset:offset + n].copy_(p.grad.reshape(-1))
-                offset += n
+            # 一次 cat 把整桶梯度拷进连续缓冲区（逐个切片 copy_ 每个参数要多一次 Python 往返）
+            flat = [p.grad.reshape(-1) if p.grad is not None else p.new_zeros(p.numel()) for p in bucket.params]
+            torch.cat(flat, out=bucket.buffer)
             bucket.buffer.div_(self.world_size)
             bucket.work = dist.all_reduce(bucket.buffer, async_op=True)
             self._next_bucket += 1
@@ -236,15 +232,16 @@ class DataParallelBucketed(nn.Module):
         self._launch_ready_buckets(force=True)
         for bucket in self.buckets:
             bucket.work.wait()
-            offset = 0
-            for p in bucket.params:
-                n = p.numel()
-                synced = bucket.buffer[offset:offset + n].view_as(p)
-                if p.grad is None:
-                    p.grad = synced.clone()
+            synced = [v.view_as(p) for v, p in zip(bucket.buffer.split(bucket.sizes), bucket.params)]
+            dst, src = [], []
+            for p, v in zip(bucket.params, synced):
+                if p.grad is None:  # 本 rank 这次没有用到它（其他 rank 可能用到了）：同步后的梯度照样写回
+                    p.grad = v.clone()
                 else:
-                    p.grad.copy_(synced)
-                offset += n
+                    dst.append(p.grad)
+                    src.append(v)
+            if dst:
+                torch._foreach_copy_(dst, src)  # 一次多张量拷贝写回 .grad，省掉逐参数的 Python 往返
         self._reset_pending()
 
 
