@@ -346,6 +346,9 @@ class ZeroStrategy(SingleDevice):
         self.data_parallel_size = dist.get_world_size(group)
         self.data_parallel_rank = dist.get_rank(group)
         self.optimizer: ZeroOptimizer | None = None
+        # 小张量（token 数、loss、停止标志）的集合通信放在哪：NCCL 只收 GPU 张量，gloo 收 CPU 张量
+        self._device = (torch.device("cuda", torch.cuda.current_device()) if dist.get_backend(group) == "nccl"
+                        else torch.device("cpu"))
 
     @property
     def is_main_process(self) -> bool:
@@ -369,12 +372,12 @@ class ZeroStrategy(SingleDevice):
         return self.optimizer
 
     def global_tokens(self, local_tokens: int) -> int:
-        t = torch.tensor(local_tokens, dtype=torch.int64)
+        t = torch.tensor(local_tokens, dtype=torch.int64, device=self._device)
         dist.all_reduce(t, group=self.group)
         return int(t.item())
 
     def reduce_loss(self, loss: torch.Tensor) -> float:
-        t = loss.detach().float().cpu().reshape(1)
+        t = loss.detach().float().reshape(1).to(self._device)
         dist.all_reduce(t, group=self.group)
         return t.item() / self.data_parallel_size
 
@@ -382,7 +385,7 @@ class ZeroStrategy(SingleDevice):
         return self._require_optimizer().clip_grad_norm_(max_norm)
 
     def stop_requested(self, local: bool) -> bool:
-        t = torch.tensor(int(bool(local)))
+        t = torch.tensor(int(bool(local)), device=self._device)
         dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.group)
         return bool(t.item())
 
@@ -489,6 +492,8 @@ def main() -> None:
             m = r[stage]["memory"]
             total = m["params"] + m["grads"] + m["optimizer"]
             print(f"  {stage:<6}{rank:<6}{m['params']:>12,}{m['grads']:>12,}{m['optimizer']:>12,}{total:>12,}")
+    print("  stage 0 的梯度比参数多：q/k/v 三个投影的梯度是融合 QKV 反向里同一块缓冲的视图，整块缓冲都被留着"
+          "（held_bytes 数的是实际存储）")
     print("  stage 1 省掉 (w-1)/w 的优化器状态；stage 2 再省掉 (w-1)/w 的梯度，通信量与 DDP 相同"
           "（reduce-scatter + all-gather = 一次 all-reduce）")
 
