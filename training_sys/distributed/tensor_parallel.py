@@ -502,12 +502,27 @@ def _dims_by_id(model: nn.Module) -> dict[int, int]:
     return {id(params[name]): dim for name, dim in tensor_parallel_dims(model).items()}
 
 
+def _pad_sequence(pad: int, input_ids: Tensor, targets: Tensor | None, attention_mask: Tensor | None,
+                  position_ids: Tensor | None) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
+    """(B, T) 批量在右侧补 pad 个位置：token 0、target = ignore_index、attention_mask = 0、位置编号接着往后数。"""
+    input_ids = F.pad(input_ids, (0, pad))
+    if targets is not None:
+        targets = F.pad(targets, (0, pad), value=IGNORE_INDEX)
+    if attention_mask is not None:
+        attention_mask = F.pad(attention_mask, (0, pad), value=0)
+    if position_ids is not None:
+        tail = position_ids[..., -1:] + torch.arange(1, pad + 1, device=position_ids.device)
+        position_ids = torch.cat((position_ids, tail), dim=-1)
+    return input_ids, targets, attention_mask, position_ids
+
+
 class TensorParallelLlama(Llama):
     """apply_tensor_parallel 之后的 Llama（同一个对象换了类）：参数是本 rank 的切片，权重名仍是 HF 的。
 
     forward 的契约不变，只有两处不同：给 targets 时返回的 logits 是本 rank 的词表段 (B, T, V/tp)
     （loss 用词表并行的交叉熵算，从不拼出完整 logits）；不给 targets 时返回 all-gather 后的完整 logits。
-    不支持 KV cache。所有 rank 必须同时调用 forward（里面有集合通信）。
+    序列并行时长度不是 tp 的倍数的序列在右侧补齐（见 forward）。不支持 KV cache。
+    所有 rank 必须同时调用 forward（里面有集合通信）。
     """
 
     tp_group: dist.ProcessGroup
@@ -520,23 +535,28 @@ class TensorParallelLlama(Llama):
             raise ValueError("张量并行的 Llama 不支持 KV cache（每个 rank 只有一部分 kv 头）；"
                              "generate(..., use_cache=False)，或先用 full_model() 拿到完整模型")
         self._check_input_ids(input_ids)
-        tp = dist.get_world_size(self.tp_group)
-        if self.sequence_parallel:
-            if attn_metadata is not None or logits_positions is not None:
-                raise ValueError("序列并行只支持 (B, T) 批量：打包批量与 logits_positions 请关掉 sequence_parallel")
-            if input_ids.size(1) % tp:
-                raise ValueError(f"序列并行要求序列长度 T={input_ids.size(1)} 能被 tp={tp} 整除"
-                                 "（每个 rank 存 T/tp 个 token）；调整 block_size 或关掉 sequence_parallel")
         if targets is not None:
             if logits_positions is not None:
                 raise ValueError("logits_positions 只用于推理（只算部分位置的 logits），不能同时给 targets")
             if targets.shape != input_ids.shape:
                 raise ValueError(f"targets 的形状 {tuple(targets.shape)} 应与 input_ids {tuple(input_ids.shape)} 相同")
+        t, tp = input_ids.size(1), dist.get_world_size(self.tp_group)
+        pad = -t % tp if self.sequence_parallel else 0
+        if self.sequence_parallel:
+            if attn_metadata is not None or logits_positions is not None:
+                raise ValueError("序列并行只支持 (B, T) 批量：打包批量与 logits_positions 请关掉 sequence_parallel")
+            if pad:
+                # 序列要均分到 tp 个 rank：右侧补齐到 tp 的倍数。因果注意力里前面的 token 看不到后面的补齐位，
+                # 补齐位的 target 是 ignore_index，所以真实位置的 logits 与 loss 不变（采样时 T 逐个增长，必须支持）
+                input_ids, targets, attention_mask, position_ids = _pad_sequence(
+                    pad, input_ids, targets, attention_mask, position_ids)
         logits = super().forward(input_ids, position_ids=position_ids, attention_mask=attention_mask,
                                  attn_metadata=attn_metadata, logits_positions=logits_positions)  # (..., V/tp)
-        if targets is None:
+        loss = None if targets is None else vocab_parallel_cross_entropy(logits, targets, self.tp_group)
+        logits = logits[:, :t] if pad else logits
+        if loss is None:
             return gather_from_tensor_parallel_region(logits, self.tp_group)
-        return logits, vocab_parallel_cross_entropy(logits, targets, self.tp_group)
+        return logits, loss
 
     def generate(self, *args: Any, **kwargs: Any) -> Tensor:
         raise ValueError("张量并行的 Llama 不能直接 generate（lm_head 只产出本 rank 的词表段，也没有 KV cache）："

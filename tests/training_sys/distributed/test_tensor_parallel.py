@@ -242,7 +242,19 @@ def _train_steps(model, optimizer, strategy, batches, max_norm) -> list[float]:
     return norms
 
 
-def _llama_worker(rank: int, world: int) -> dict:
+def _train_config(data: str, out_dir: str, resume: bool = False):
+    from training_sys.pretrain import TrainConfig
+
+    return TrainConfig(data=data, out_dir=out_dir, resume=resume, overwrite=not resume, n_layer=2, n_head=2, n_embd=32,
+                       block_size=16, batch_size=4, max_iters=6, warmup_iters=1, eval_interval=2, eval_iters=2,
+                       checkpoint_interval=2, sample_tokens=8, grad_clip=0.3, threads=1, progress=False)
+
+
+def _summary(result) -> tuple:
+    return result.step, result.train_loss, result.val_loss, [h.get("sample") for h in result.history]
+
+
+def _llama_worker(rank: int, world: int, data: str, out_dir: str) -> dict:
     from training_sys.optimization import AdamW, weight_decay_param_groups
     from training_sys.strategy import SingleDevice
     from utils.torch_playground import setup_seed
@@ -266,10 +278,19 @@ def _llama_worker(rank: int, world: int) -> dict:
         logits, loss = model(ids, targets)
         loss.backward()
         full_logits = model(ids)  # 不给 targets：all-gather 后的完整 logits
+        # T=7 不是 tp 的倍数：序列并行在右侧补齐，真实位置的 logits 与 loss 不变
+        with torch.no_grad():
+            odd_ref_logits, odd_ref_loss = ref(ids[:, :7], targets[:, :7])
+            odd_logits, odd_loss = model(ids[:, :7], targets[:, :7])
+            odd_full = model(ids[:, :7], position_ids=torch.arange(3, 10), attention_mask=torch.ones(2, 7))
+            odd_full_ref = ref(ids[:, :7], position_ids=torch.arange(3, 10), attention_mask=torch.ones(2, 7))
         grads = _gathered_grads(model, group)
         ref_grads = dict(ref.named_parameters())
         out[name] = {"logits": max(_max_diff(gather_from_tensor_parallel_region(logits, group), logits_ref),
-                                   _max_diff(full_logits, logits_ref)),
+                                   _max_diff(full_logits, logits_ref),
+                                   _max_diff(gather_from_tensor_parallel_region(odd_logits, group), odd_ref_logits),
+                                   _max_diff(odd_full, odd_full_ref)),
+                     "odd_loss": abs(odd_loss.item() - odd_ref_loss.item()),
                      "local_vocab": logits.size(-1), "loss": abs(loss.item() - loss_ref.item()),
                      "grads": max(_max_diff(g, ref_grads[n].grad) for n, g in grads.items()),
                      "names": sorted(grads) == sorted(ref_grads),
@@ -308,9 +329,16 @@ def _llama_worker(rank: int, world: int) -> dict:
     out["resumed"] = max(_max_diff(v, ref.state_dict()[k]) for k, v in resumed.full_state_dict().items())
     out["stop"] = strategy.stop_requested(rank == 1)  # 只有 1 号想停：全体一起停
 
+    # 真正的训练循环：张量 + 序列并行训练到第 3 步被打断（保存完整 checkpoint），再续训到第 6 步
+    from training_sys.pretrain import train
+
+    first = train(_train_config(data, out_dir), strategy=TensorParallelStrategy(sequence_parallel=True),
+                  on_step=lambda step, record: step == 3)
+    resumed_run = train(_train_config(data, out_dir, resume=True), strategy=TensorParallelStrategy(sequence_parallel=True))
+    out["train"] = (first.step, first.interrupted, _summary(resumed_run))
+
     errors = {}
     for key, fn in (("generate", lambda: resumed.generate(ids, 2)),
-                    ("sp_length", lambda: tp_model(ids[:, :7])),
                     ("kv_cache", lambda: resumed(ids, kv_cache=object()))):
         try:
             fn()
@@ -320,13 +348,21 @@ def _llama_worker(rank: int, world: int) -> dict:
     return out
 
 
-def test_tensor_parallel_llama_and_strategy_match_single_process():
-    per_rank = spawn(_llama_worker, 2, timeout_s=150)
+def test_tensor_parallel_llama_and_strategy_match_single_process(tmp_path):
+    from training_sys.pretrain import train
+
+    # 64 个不同字符的语料：字符级词表 64 能被 tp=2 整除
+    alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 \n"
+    text = "".join(alphabet[(i * i + 3 * i) % 64] for i in range(6000)) + alphabet
+    data = tmp_path / "text.txt"
+    data.write_text(text, encoding="utf-8")
+    reference = _summary(train(_train_config(str(data), str(tmp_path / "single"))))
+    per_rank = spawn(_llama_worker, 2, str(data), str(tmp_path / "tp"), timeout_s=180)
     for rank, out in enumerate(per_rank):
         for name in ("tp", "sp", "tied_sp"):
             d = out[name]
             assert d["names"] and d["local_vocab"] == 32, (rank, name)
-            for key in ("logits", "loss", "grads", "full_state_dict"):
+            for key in ("logits", "loss", "odd_loss", "grads", "full_state_dict"):
                 assert d[key] < 1e-5, (rank, name, key, d[key])
         norms, ref_norms = out["norms"]
         assert norms == pytest.approx(ref_norms, rel=1e-5) and max(ref_norms) > 0.5  # 裁剪真的生效了
@@ -334,6 +370,9 @@ def test_tensor_parallel_llama_and_strategy_match_single_process():
         assert out["weights"] < 1e-5 and out["opt_state"] < 1e-6 and out["opt_keys"], rank
         assert out["resumed"] < 1e-5, rank
         assert out["stop"] is True
+        first_step, interrupted, (step, train_loss, val_loss, samples) = out["train"]
+        assert (first_step, interrupted, step) == (3, True, 6)
+        assert train_loss == pytest.approx(reference[1], abs=1e-5) and val_loss == pytest.approx(reference[2], abs=1e-5)
+        assert len(samples) == 2 and all(samples) and samples == reference[3][-2:]  # 续训之后的样例与单进程逐字相同
         assert "full_model()" in out["errors"]["generate"]
-        assert "T=7" in out["errors"]["sp_length"]
         assert "KV cache" in out["errors"]["kv_cache"]
