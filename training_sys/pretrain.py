@@ -6,6 +6,7 @@
     python -m training_sys.pretrain --run shakespeare_char --resume  # 从 checkpoints/shakespeare_char/latest 接着训练
     python -m training_sys.pretrain --config my_run.json --lr 3e-4   # 配置文件 + 命令行覆盖（命令行优先）
     SMOKE=1 python -m training_sys.pretrain                          # 几秒钟的小规模演示
+    torchrun --standalone --nproc_per_node 2 -m training_sys.pretrain --parallel ddp   # 数据并行（zero1/zero2/fsdp/tp 同理）
 
 其他模块直接调用函数：`result = train(TrainConfig(run="x", max_iters=100))`，命令行只是它外面薄薄的一层。
 模型、优化器、调度器与步策略都可以从外面传进来（`train(cfg, model=..., optimizer=..., strategy=...)`）：

@@ -150,6 +150,8 @@ class DataParallelBucketed(nn.Module):
 
     用法与 torch.nn.parallel.DistributedDataParallel 相同：前向走包装器，`loss.backward()` 返回时 .grad 已是全体 rank 的平均；
     梯度累积时前 K-1 个 micro-batch 放进 `with model.no_sync():`。
+    与 torch DDP 的两处不同（为了简单）：钩子挂在参数上，所以不经过包装器的前向、其反向也会同步（每个 rank 都得这样做）；
+    某个 rank 这次没用到的参数不报错，按 0 梯度参与平均（torch DDP 要 find_unused_parameters=True 才允许）。
     """
 
     def __init__(self, module: nn.Module, bucket_cap_mb: float = 25.0, broadcast: bool = True) -> None:
