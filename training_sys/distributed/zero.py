@@ -332,6 +332,8 @@ class ZeroStrategy(SingleDevice):
     """训练循环用的 ZeRO-1 / ZeRO-2 策略：train(cfg, strategy=ZeroStrategy(stage=2))，由 torchrun 或 spawn 启动。
 
     不包 DDP：梯度的平均由 ZeroOptimizer 在 clip / step 时完成（stage 1 all-reduce，stage 2 reduce-scatter）。
+    所以它继承 SingleDevice 而不是 ddp.DDPStrategy：后者的 wrap_model 在反向里就把完整梯度 all-reduce 掉，
+    ZeRO-2 要的却是 reduce-scatter（每个 rank 只收自己那段），再同步一次只会让通信翻倍。
     checkpoint 仍是完整的 HF 权重 + 单进程 AdamW 格式的优化器状态，任何策略都能续训。
     """
 

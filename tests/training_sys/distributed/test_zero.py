@@ -152,8 +152,28 @@ def _zero_checks(rank: int, world: int) -> dict:
     except TypeError as e:
         errors["dtype"] = str(e)
     out["errors"] = errors
+    out.update(_edge_checks(rank, world))
     out.update(_strategy_checks(rank, world))
     return out
+
+
+def _edge_run(make_opt, rank: int, world: int) -> tuple[torch.Tensor, dict]:
+    """amsgrad，且第 0 步不用 extra（它没有梯度：不更新、不建状态，之后它的 step 比别人少 1）。"""
+    m = _model()
+    opt = make_opt(m)
+    for i, (x, y) in enumerate(_data(4)):
+        x, y = _local(x, rank, world), _local(y, rank, world)
+        opt.zero_grad(set_to_none=True)
+        pred = m(x) if i == 0 else _forward(m, x)
+        nn.functional.mse_loss(pred, y).backward()
+        opt.step()
+    return _flat(m), opt.state_dict()
+
+
+def _edge_checks(rank: int, world: int) -> dict:
+    got = _edge_run(lambda m: ZeroOptimizer(_groups(m), stage=2, amsgrad=True, **HP), rank, world)
+    want = _edge_run(lambda m: AdamW(_groups(m), amsgrad=True, **HP), 0, 1)
+    return {"edge": (got, want)}
 
 
 def _tiny_llama(seed: int) -> nn.Module:
@@ -346,3 +366,16 @@ def test_strategy_training_equals_single_process_and_resumes(ranks):
         assert {len(g["params"]) for g in saved_opt["param_groups"]} == {len(g["params"]) for g in opt.param_groups}
         for k, v in model.state_dict().items():
             torch.testing.assert_close(r["llama_resumed"][k], v, rtol=1e-6, atol=1e-8)
+
+
+def test_amsgrad_and_a_parameter_without_gradient_match_adamw(ranks):
+    for r in ranks:
+        (params, state), (want_params, want_state) = r["edge"]
+        torch.testing.assert_close(params, want_params, rtol=1e-7, atol=1e-12)
+        steps = {i: st["step"].item() for i, st in state["state"].items()}
+        assert steps == {i: st["step"].item() for i, st in want_state["state"].items()}
+        assert sorted(set(steps.values())) == [3.0, 4.0]  # extra 少走了一步
+        for i, st in want_state["state"].items():
+            assert set(state["state"][i]) == {"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"} == set(st)
+            for k in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+                torch.testing.assert_close(state["state"][i][k], st[k], rtol=1e-7, atol=1e-15)
