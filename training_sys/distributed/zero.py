@@ -15,7 +15,7 @@ rank r 拥有 [r·S, (r+1)·S)，S = ψ'/world。一段可能横跨几个参数�
 所以每个 rank 按"参数 ∩ 本段"得到若干个片（piece），对每个片调用 `adamw_update_`（与单进程同一个函数），
 用那个参数所在组的 lr / weight_decay——参数组（衰减 / 不衰减）因此原样生效。补上的零不属于任何参数，从不更新。
 torch 的 `ZeroRedundancyOptimizer` 按"整个参数"贪心地分给各 rank（不切开参数，各 rank 的份额只是大致相等）；
-DeepSpeed 与这里一样用扁平的等长切片，份额恰好是 ψ'/world。
+DeepSpeed 的 ZeRO-1/2 也是展平后等分（它按参数组各自展平、各自补齐），份额恰好是 1/world。
 
 三、一步里的通信（ψ 个元素，每个 b 字节；环形算法下每个 rank 发送的字节数）
 - DDP：all-reduce 梯度 = reduce-scatter + all-gather，2·(w−1)/w·ψ·b。
