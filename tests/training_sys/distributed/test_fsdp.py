@@ -1,12 +1,14 @@
 """FSDP / ZeRO-3：2 个 gloo 进程对照单进程训练（真值）与 torch FSDP2 的 fully_shard。
 
 一次 spawn 做完所有检查（每次 spawn 约 3 秒的进程启动）：fp32 逐位、梯度累积、裁剪、fp16 计算、常驻显存、
-full_state 往返、生成（绕过根模块 forward 的调用）、错误输入，以及 torch.distributed.fsdp.fully_shard 的结果。
+full_state 往返、生成（绕过根模块 forward 的调用）、错误输入、torch.distributed.fsdp.fully_shard 的结果，
+以及真正的训练循环 train(strategy=FSDPStrategy())：中断、保存完整 HF checkpoint、续训，结果与单进程训练相同。
 """
 
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -218,14 +220,54 @@ def _bad_inputs(rank: int, world: int) -> dict:
     return errors
 
 
-def _all(rank: int, world: int) -> dict:
+def _loop_cfg(tmp: Path, data: Path, name: str, **overrides):
+    from tests.training_sys.test_pretrain import tiny_cfg
+
+    return tiny_cfg(tmp, data, name=name, max_iters=4, eval_interval=2, sample_tokens=2, tie_embeddings=True,
+                    **overrides)
+
+
+def _train_loop(rank: int, world: int, tmp: Path, data: Path) -> tuple:
+    """真正的训练循环：FSDP 训练到第 2 步被打断（保存完整 checkpoint），再续训到第 4 步；评估与生成样例在每个 rank 上跑。"""
+    from training_sys.pretrain import train
+
+    first = train(_loop_cfg(tmp, data, "fsdp", batch_size=4), strategy=FSDPStrategy(), on_step=lambda s, r: s == 2)
+    resumed = train(_loop_cfg(tmp, data, "fsdp", batch_size=4, resume=True), strategy=FSDPStrategy())
+    return first.step, resumed.step, [h["step"] for h in resumed.history if h.get("kind") == "eval"]
+
+
+def _all(rank: int, world: int, tmp: Path, data: Path) -> dict:
     return {"fp32": _fp32_and_state(rank, world), "fp16": _fp16(rank, world), "torch": _torch_fsdp2(rank, world),
-            "bad": _bad_inputs(rank, world)}
+            "bad": _bad_inputs(rank, world), "loop": _train_loop(rank, world, tmp, data)}
 
 
 @pytest.fixture(scope="module")
-def results() -> list[dict]:
-    return spawn(_all, 2, timeout_s=240)
+def tmp_dir(tmp_path_factory) -> Path:
+    from tests.training_sys.test_pretrain import write_tiny_text
+
+    tmp = tmp_path_factory.mktemp("fsdp")
+    write_tiny_text(tmp / "tiny.txt")
+    return tmp
+
+
+@pytest.fixture(scope="module")
+def results(tmp_dir) -> list[dict]:
+    return spawn(_all, 2, tmp_dir, tmp_dir / "tiny.txt", timeout_s=300)
+
+
+def test_train_loop_with_fsdp_saves_hf_checkpoints_and_resumes_like_single_process(results, tmp_dir):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from training_sys.pretrain import train
+
+    assert [r["loop"] for r in results] == [(2, 4, [4])] * 2
+    # 单进程：同一个全局 batch（batch_size 4 × 2 个 rank = 8）、不中断，训练 4 步
+    train(_loop_cfg(tmp_dir, tmp_dir / "tiny.txt", "single", batch_size=8))
+    ours = load_file(tmp_dir / "fsdp" / "step_000004" / "model.safetensors")
+    ref = load_file(tmp_dir / "single" / "step_000004" / "model.safetensors")
+    assert _max_diff(ours, ref) < 1e-6  # 全局 batch 一次前向 vs 两个 rank 各一半：只差加法次序
+    assert type(AutoModelForCausalLM.from_pretrained(tmp_dir / "fsdp" / "step_000004")).__name__ == "LlamaForCausalLM"
 
 
 def test_fp32_fsdp_equals_single_process_training_bitwise(results):
