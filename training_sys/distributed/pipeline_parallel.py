@@ -8,7 +8,7 @@
 
 2. 通信：只在阶段边界上点对点。micro-batch 形状 (B, T)、隐藏维 C，每个边界每个 micro-batch 前向发一次激活
    (B, T, C)，反向发回一次同形状的梯度 ∂L/∂x。一步 m 个 micro-batch，每个边界双向共 2·m·B·T·C 个元素
-   （fp32 乘 4 字节）——与参数量无关；对比 DDP 每步 all-reduce 整个模型的梯度，PP 的通信小得多，适合跨机器。
+   （fp32 乘 4 字节：B=8、T=2048、C=4096、m=32 时每个方向 8 GiB/步）——与层数、参数量无关；对比 DDP 每步 all-reduce 整个模型的梯度，PP 的通信小得多，适合跨机器。
    为什么正确：阶段 s 的输出 y_s = f_s(y_{s-1})；链式法则 ∂L/∂y_{s-1} = (∂y_s/∂y_{s-1})ᵀ·∂L/∂y_s，
    即 `y_s.backward(收到的梯度)` 之后输入缓冲区的 .grad——正是要发给前一阶段的东西；同时本段参数的 .grad
    累加进 (∂y_s/∂θ_s)ᵀ·∂L/∂y_s，与整模型一次反向时这些参数得到的梯度逐项相同。
@@ -32,10 +32,10 @@
    空闲比例 = 1 - m/(m + p - 1) = (p - 1)/(m + p - 1)。m ≫ p 时气泡才小——m 要大。
    代价是内存：阶段 s 要把 m 个 micro-batch 的前向激活都留到反向，活着的激活数 = m。
 
-5. 1F1B（PipeDream-Flush / Megatron-LM 的非交错调度）：阶段 s 先做 w = p - s - 1 个前向（预热），
+5. 1F1B（PipeDream-Flush / Megatron-LM 的非交错调度）：阶段 s 先做 w = min(p - s - 1, m) 个前向（预热），
    之后每做一个前向就立刻做一个反向（稳态），最后把剩下的 w 个反向做完（冷却）。
    气泡与 GPipe 相同（(p-1)/(m+p-1)：预热与冷却正好是 GPipe 两头的三角形），但一个 micro-batch 的反向一做完
-   它的激活就释放：阶段 s 同时活着的激活最多 w + 1 = p - s ≤ p 个，与 m 无关——于是可以把 m 开大来压气泡，
+   它的激活就释放：阶段 s 同时活着的激活最多 min(w + 1, m) = min(p - s, m) ≤ p 个，与 m 无关——于是可以把 m 开大来压气泡，
    而内存不涨。这就是真正用的版本。
 
 6. 图（`plot_schedules`）：每个 rank 记录它实际执行的事件顺序（F/B, micro-batch），`replay_timeline` 按
@@ -159,7 +159,8 @@ class PipelineStepResult:
 class _StepRunner:
     """一步里两种调度共用的部分：前向 / 反向一个 micro-batch、与邻居收发、记账（活着的激活、事件顺序）。"""
 
-    def __init__(self, stage: LlamaStage, micro_batches: Sequence[tuple[Tensor, Tensor]]) -> None:
+    def __init__(self, stage: LlamaStage, micro_batches: Sequence[tuple[Tensor, Tensor]],
+                 token_denominator: float | None) -> None:
         if not isinstance(stage, LlamaStage):
             raise TypeError(f"流水线调度需要 LlamaStage，收到 {type(stage).__name__}；先用 LlamaStage(model, stage, p) 切分")
         if len(micro_batches) == 0:
@@ -170,9 +171,13 @@ class _StepRunner:
                 raise ValueError(f"micro-batch {k} 的形状 x {tuple(x.shape)}、y {tuple(y.shape)} 与第 0 个的 {shape} 不同："
                                  "接收方要按固定形状 (B, T, C) 预先分配缓冲区，所有 micro-batch 必须同形状")
         counts = torch.stack([(y != IGNORE_INDEX).sum() for _, y in micro_batches]).tolist()
-        self.total = sum(counts)
-        if self.total == 0:
-            raise ValueError(f"这一步所有 micro-batch 的 target 都是 {IGNORE_INDEX}：没有可学习的 token；检查数据的掩码")
+        if token_denominator is None:
+            token_denominator = sum(counts)
+            if token_denominator == 0:
+                raise ValueError(f"这一步所有 micro-batch 的 target 都是 {IGNORE_INDEX}：没有可学习的 token；检查数据的掩码")
+        elif not token_denominator > 0:
+            raise ValueError(f"token_denominator={token_denominator!r} 必须 > 0（全局有效 token 数 / 数据并行份数）")
+        self.denom = token_denominator
         if stage.num_stages > 1 and not dist.is_initialized():
             raise RuntimeError("流水线调度需要先建好默认进程组：torchrun 下调用 training_sys.distributed.init_from_env()，"
                                "课程 / 测试里用 training_sys.distributed.spawn(...) 启动")
@@ -206,7 +211,7 @@ class _StepRunner:
         if n == 0:
             return logits.float().sum() * 0.0
         loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1), ignore_index=IGNORE_INDEX)
-        return loss if n == self.total else loss * (n / self.total)
+        return loss if n == self.denom else loss * (n / self.denom)
 
     def backward(self, k: int, grad_out: Tensor | None) -> Tensor | None:
         inp, out = self.saved.pop(k)  # 出栈即释放：这个 micro-batch 的激活（整张计算图）不再被引用
@@ -261,13 +266,18 @@ class _StepRunner:
         return PipelineStepResult(self.loss, self.max_live, self.events)
 
 
-def gpipe_step(stage: LlamaStage, micro_batches: Sequence[tuple[Tensor, Tensor]]) -> PipelineStepResult:
+def gpipe_step(stage: LlamaStage, micro_batches: Sequence[tuple[Tensor, Tensor]], *,
+               token_denominator: float | None = None) -> PipelineStepResult:
     """GPipe（全前向、再全反向）：一步的所有 micro-batch，梯度累加进本段参数的 .grad。所有流水线 rank 同时调用。
 
     micro_batches：[(x, y), ...]，每个 (B, T) 且同形状；每个 rank 传同一份（第一段只用 x，最后一段只用 y 与 token 数）。
+    token_denominator：loss 的分母，默认这些 micro-batch 里的有效 token 数 N。与数据并行组合时传
+    "全体数据并行 rank 的有效 token 数 / data_parallel_size"（与 accumulate_step 的 denom 相同），DP 对梯度求平均后恰好是 1/N。
+    形状与 accumulate_step 相同（模型、一步的 micro-batch 列表 → 梯度累加进 .grad、返回 loss），
+    接进训练循环只需一个 `forward_backward(model, micro_batches)` 策略钩子来调用它。
     两个阶段都是单向的（前向只向后发、反向只向前发），逐个阻塞地收发就不会死锁。
     """
-    run = _StepRunner(stage, micro_batches)
+    run = _StepRunner(stage, micro_batches, token_denominator)
     m = len(micro_batches)
     for k in range(m):
         run.send_forward(run.forward(k, run.recv_forward()))
@@ -276,7 +286,8 @@ def gpipe_step(stage: LlamaStage, micro_batches: Sequence[tuple[Tensor, Tensor]]
     return run.result()
 
 
-def one_f_one_b_step(stage: LlamaStage, micro_batches: Sequence[tuple[Tensor, Tensor]]) -> PipelineStepResult:
+def one_f_one_b_step(stage: LlamaStage, micro_batches: Sequence[tuple[Tensor, Tensor]], *,
+                     token_denominator: float | None = None) -> PipelineStepResult:
     """1F1B：预热 w = min(p - stage - 1, m) 个前向，稳态一前一后，冷却 w 个反向。参数与返回值同 gpipe_step。
 
     相邻两段的收发一一对应（p = 2、m = 4 时）：
@@ -284,7 +295,7 @@ def one_f_one_b_step(stage: LlamaStage, micro_batches: Sequence[tuple[Tensor, Te
         阶段 1：收 a0 │ 发 g0 + 收 a1 │ 发 g1 + 收 a2 │ 发 g2 + 收 a3 │ 发 g3
     "发 + 收"的两格是同时贴出的 isend / irecv（见模块说明第 3 点）。
     """
-    run = _StepRunner(stage, micro_batches)
+    run = _StepRunner(stage, micro_batches, token_denominator)
     m = len(micro_batches)
     warmup = min(stage.num_stages - stage.stage - 1, m)
     steady = m - warmup

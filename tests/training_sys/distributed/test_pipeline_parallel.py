@@ -185,6 +185,16 @@ def test_single_stage_schedule_equals_accumulate_step(schedule):
     grads = dict(stage.named_parameters())
     for n, p in ref.named_parameters():
         assert torch.equal(grads[n].grad, p.grad), n
+    # 给定分母（数据并行时的全局 token 数 / dp）：分母翻倍，loss 与梯度都减半
+    n_tokens = sum(int((y != -100).sum()) for _, y in batches)
+    stage.zero_grad(set_to_none=True)
+    res = schedule(stage, batches, token_denominator=2 * n_tokens)
+    assert torch.allclose(res.loss, ref_loss / 2, atol=1e-6)
+    for n, p in ref.named_parameters():
+        assert torch.allclose(grads[n].grad, p.grad / 2, atol=1e-7), n
+    # 本地一个有效 token 都没有、但全局有（别的 DP rank 上有）：贡献 0，不报错
+    empty = [(x, torch.full_like(y, -100)) for x, y in batches]
+    assert schedule(stage, empty, token_denominator=5.0).loss.item() == 0.0
 
 
 def test_stages_hold_disjoint_layers_with_hf_names():
@@ -228,6 +238,8 @@ def test_schedules_reject_bad_micro_batches_before_communicating():
         one_f_one_b_step(stage, [good[0], (good[1][0][:, :4], good[1][1][:, :4])])
     with pytest.raises(ValueError, match="没有可学习的 token"):
         gpipe_step(stage, [(x, torch.full_like(y, -100)) for x, y in good])
+    with pytest.raises(ValueError, match="token_denominator=0"):
+        gpipe_step(stage, good, token_denominator=0)
     with pytest.raises(RuntimeError, match="spawn"):  # 两段却没有进程组
         one_f_one_b_step(stage, good)
     with pytest.raises(TypeError, match="LlamaStage"):
