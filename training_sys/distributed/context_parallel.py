@@ -141,7 +141,7 @@ def _block_plan(q_ids: tuple[int, int], kv_ids: tuple[int, int], causal: bool) -
     if not rows:
         return None
     # 选中的矩形里只要有一对不是"整块在过去"（在未来，或是对角块），就得按位置造掩码
-    needs_mask = any(not (kv_ids[j] < q_ids[i]) for i in rows for j in cols)
+    needs_mask = any(kv_ids[j] >= q_ids[i] for i in rows for j in cols)
     return range(rows[0], rows[-1] + 1), range(cols[0], cols[-1] + 1), needs_mask
 
 
@@ -346,6 +346,9 @@ def main() -> None:
     for i, row in enumerate(per_rank[0]):
         err = max(ranks[i]["err"] for ranks in per_rank)
         print(f"  {row['layout']:<10} causal={row['causal']!s:<5} 最大误差 {err:.2e}  {'OK' if err < 1e-5 else '不一致！'}")
+    kv_bytes = 2 * sizes["B"] * sizes["H_kv"] * (sizes["T"] // cp) * sizes["D"] * 4
+    print(f"通信：每步每个 rank 发一块 K/V = {kv_bytes / 1024:.0f} KiB（H_kv={sizes['H_kv']}，比展开成 H 个头省 "
+          f"{sizes['H'] // sizes['H_kv']} 倍）；前向 cp−1 = {cp - 1} 步，反向 K/V {cp - 1} 步 + dK/dV（fp32）{cp} 步")
     c2 = (sizes["T"] // (2 * cp)) ** 2
     print("因果时每个 rank 实测算了多少（前向；单位：c×c 小块，c = T/(2cp)）：")
     for i, row in enumerate(per_rank[0]):
