@@ -23,6 +23,9 @@ _EXPORTS = {
     "PARALLEL_CHOICES": "training_sys.distributed.parallel",
     "build_strategy": "training_sys.distributed.parallel",
     "check_same_config": "training_sys.distributed.parallel",
+    "FSDPStrategy": "training_sys.distributed.fsdp",
+    "ShardedModel": "training_sys.distributed.fsdp",
+    "shard_model": "training_sys.distributed.fsdp",
 }
 
 __getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
