@@ -242,9 +242,6 @@ class ShardedModel:
         self.flats = [f for u in units for f in u.flats]
         self.flat_of = {id(f.shard): f for f in self.flats}
 
-    def names(self) -> list[str]:
-        return sorted(n for f in self.flats for e in f.entries for n in e.names)
-
     def resident_bytes(self) -> dict[str, int]:
         """此刻真正占着内存的字节数：参数切片、它们的梯度、还没释放的完整参数缓冲（两步之间应为 0）。"""
         shards = sum(f.shard.numel() * f.shard.element_size() for f in self.flats)
