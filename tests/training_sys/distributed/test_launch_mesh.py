@@ -18,9 +18,16 @@ def _all_reduce(rank: int, world: int, base: float) -> tuple[int, int, float]:
     return rank, world, t.item()
 
 
+def _tensor_back(rank: int, world: int) -> torch.Tensor:
+    return torch.full((3,), float(rank))
+
+
 def test_spawn_runs_every_rank_and_returns_in_rank_order():
     out = spawn(_all_reduce, 2, 10.0)
     assert out == [(0, 2, 21.0), (1, 2, 21.0)]
+    # 张量也能交回来（子进程先退出也不丢）
+    back = spawn(_tensor_back, 2)
+    assert [t.tolist() for t in back] == [[0.0] * 3, [1.0] * 3]
 
 
 def _raise_on_rank_one(rank: int, world: int) -> None:
