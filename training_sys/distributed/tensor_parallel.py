@@ -53,7 +53,9 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -588,12 +590,12 @@ class TensorParallelLlama(Llama):
         full.load_state_dict(state)
         return full
 
-    def save_pretrained(self, save_dir):
-        """所有 rank 都调用（要 all-gather）；组内 0 号写出完整的 HF 目录，返回目录。"""
+    def save_pretrained(self, save_dir: str | os.PathLike) -> Path:
+        """所有 rank 都调用（要 all-gather）；组内 0 号写出完整的 HF 目录（切片从不落盘），返回目录。"""
         full = self.full_model()
         if dist.get_rank(self.tp_group) == 0:
             full.save_pretrained(save_dir)
-        return save_dir
+        return Path(save_dir)
 
 
 def apply_tensor_parallel(model: Llama, mesh_or_group: ParallelMesh | dist.ProcessGroup | None = None, *,
@@ -654,6 +656,7 @@ class TensorParallelStrategy(SingleDevice):
                  sequence_parallel: bool = False) -> None:
         self.mesh_or_group, self.sequence_parallel = mesh_or_group, sequence_parallel
         self.group: dist.ProcessGroup | None = None
+        self.device = torch.device("cpu")
 
     @property
     def is_main_process(self) -> bool:
@@ -669,11 +672,16 @@ class TensorParallelStrategy(SingleDevice):
         return self.group
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
-        self.group = _resolve_group(self.mesh_or_group)
-        return apply_tensor_parallel(model, self.group, sequence_parallel=self.sequence_parallel)
+        group = _resolve_group(self.mesh_or_group)
+        if dist.get_world_size(group) != dist.get_world_size():
+            raise ValueError(f"TensorParallelStrategy 是纯张量并行：tp 组（{dist.get_world_size(group)} 个 rank）必须包含"
+                             f"全部 {dist.get_world_size()} 个 rank——它不做数据并行的梯度同步；网格里的其他维度需要各自的策略")
+        self.group = group
+        self.device = next(model.parameters()).device  # NCCL 只能传 GPU 上的张量：标志位放在模型所在的设备上
+        return apply_tensor_parallel(model, group, sequence_parallel=self.sequence_parallel)
 
     def stop_requested(self, local: bool) -> bool:
-        flag = torch.tensor([float(local)])
+        flag = torch.tensor([float(local)], device=self.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group())
         return bool(flag.item())
 

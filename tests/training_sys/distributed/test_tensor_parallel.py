@@ -141,6 +141,18 @@ def _layers_worker(rank: int, world: int) -> dict:
                      _max_diff(pmlp.down_proj.weight.grad, _chunk(mlp.down_proj.weight.grad, 1, rank)),
                      _max_diff(pmlp.down_proj.bias.grad, mlp.down_proj.bias.grad))
 
+    # 序列并行的 MLP：输入、输出都只是本 rank 那段 token；复制的 down bias 的梯度在反向里加齐
+    psp = ParallelMLP(copy.deepcopy(mlp), group, sequence_parallel=True)
+    psp.zero_grad(set_to_none=True)  # deepcopy 连 .grad 一起拷了（复制的 bias 沿用原来的 Parameter）
+    x_sp = _chunk(x.detach(), 1, rank).clone().requires_grad_(True)
+    with communication_log() as log:
+        y_sp = psp(x_sp)
+    out["mlp_sp_forward_comm"] = [kind for kind, _ in log]
+    y_sp.backward(_chunk(up, 1, rank))
+    out["mlp_sp"] = max(_max_diff(y_sp, _chunk(y_ref, 1, rank)), _max_diff(x_sp.grad, _chunk(x_ref.grad, 1, rank)),
+                        _max_diff(psp.gate_proj.weight.grad, _chunk(mlp.gate_proj.weight.grad, 0, rank)),
+                        _max_diff(psp.down_proj.bias.grad, mlp.down_proj.bias.grad))
+
     # DTensor 的 ColwiseParallel / RowwiseParallel：同一个 MLP、同样的切法
     mesh = init_device_mesh("cpu", (world,))
     dt_mlp = parallelize_module(copy.deepcopy(mlp), mesh, {"gate_proj": ColwiseParallel(), "up_proj": ColwiseParallel(),
@@ -209,9 +221,10 @@ def test_parallel_layers_and_mapping_ops_match_single_process_and_dtensor():
     for rank, out in enumerate(per_rank):
         assert out["mapping"] == dict.fromkeys(out["mapping"], True) and len(out["mapping"]) == 6, (rank, out["mapping"])
         assert out["column_equal"] and out["embedding_equal"], rank
-        for key in ("column_grads", "row", "mlp", "attention", "embedding_grad", "ce", "vs_dtensor"):
+        for key in ("column_grads", "row", "mlp", "mlp_sp", "attention", "embedding_grad", "ce", "vs_dtensor"):
             assert out[key] < 1e-6, (rank, key, out[key])
         assert out["mlp_forward_comm"] == ["all_reduce"]  # 一个 MLP 的前向恰好一次 all-reduce
+        assert out["mlp_sp_forward_comm"] == ["all_gather", "reduce_scatter"]  # 序列并行：拆成两半，字节数相同
         assert out["dtensor_shards_equal"], rank
         assert out["attention_heads"] == (2, 1)
         assert out["ce_comm_elements"] == 3 * 18  # max、目标 logit、Σexp：每个 token 3 个数，不 gather logits
@@ -328,6 +341,11 @@ def _llama_worker(rank: int, world: int, data: str, out_dir: str) -> dict:
     _train_steps(ref, ref_opt, single, batches[3:], max_norm=0.5)
     out["resumed"] = max(_max_diff(v, ref.state_dict()[k]) for k, v in resumed.full_state_dict().items())
     out["stop"] = strategy.stop_requested(rank == 1)  # 只有 1 号想停：全体一起停
+    # save_pretrained 写出的是完整的 HF 目录（只有 0 号写），普通 Llama 能直接加载
+    saved = resumed.save_pretrained(f"{out_dir}_hf")
+    dist.barrier()
+    loaded = _llama.Llama.from_pretrained(saved)
+    out["saved"] = max(_max_diff(v, loaded.state_dict()[k]) for k, v in resumed.full_state_dict().items())
 
     # 真正的训练循环：张量 + 序列并行训练到第 3 步被打断（保存完整 checkpoint），再续训到第 6 步
     from training_sys.pretrain import train
@@ -369,6 +387,7 @@ def test_tensor_parallel_llama_and_strategy_match_single_process(tmp_path):
         assert out["full_model_type"] == "Llama"
         assert out["weights"] < 1e-5 and out["opt_state"] < 1e-6 and out["opt_keys"], rank
         assert out["resumed"] < 1e-5, rank
+        assert out["saved"] == 0.0
         assert out["stop"] is True
         first_step, interrupted, (step, train_loss, val_loss, samples) = out["train"]
         assert (first_step, interrupted, step) == (3, True, 6)
