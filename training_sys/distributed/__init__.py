@@ -26,6 +26,12 @@ _EXPORTS = {
     "FSDPStrategy": "training_sys.distributed.fsdp",
     "ShardedModel": "training_sys.distributed.fsdp",
     "shard_model": "training_sys.distributed.fsdp",
+    "RingWork": "training_sys.distributed.context_parallel",
+    "chunk_ids": "training_sys.distributed.context_parallel",
+    "merge_sequence": "training_sys.distributed.context_parallel",
+    "planned_work": "training_sys.distributed.context_parallel",
+    "ring_attention": "training_sys.distributed.context_parallel",
+    "split_sequence": "training_sys.distributed.context_parallel",
 }
 
 __getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
