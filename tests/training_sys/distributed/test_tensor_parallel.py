@@ -310,17 +310,18 @@ def _llama_worker(rank: int, world: int, data: str, out_dir: str) -> dict:
                      "full_state_dict": max(_max_diff(v, ref.state_dict()[k])
                                             for k, v in model.full_state_dict().items())}
 
-    # 训练：同样的 AdamW 步（梯度累积 2 个 micro-batch，裁剪生效）与单进程对照；再从完整状态续训一步
+    # 训练：同样的 AdamW 步（梯度累积 2 个 micro-batch，裁剪生效）与单进程对照；再从完整状态续训一步。
+    # eps=1e-6：|g| ~ 1e-8 的元素上 Adam 会把求和顺序带来的舍入差放大成 lr 量级的更新差（见 tensor_parallel.main）
     setup_seed(1)
     batches = [[(torch.randint(0, 64, (2, 8)), torch.randint(0, 64, (2, 8))) for _ in range(2)] for _ in range(4)]
     ref = _llama.Llama(_config())
     tp_model = copy.deepcopy(ref)
     single = SingleDevice()
-    ref_opt = AdamW(weight_decay_param_groups(ref, 0.1), lr=1e-3)
+    ref_opt = AdamW(weight_decay_param_groups(ref, 0.1), lr=1e-3, eps=1e-6)
     ref_norms = _train_steps(ref, ref_opt, single, batches[:3], max_norm=0.5)
     strategy = TensorParallelStrategy(sequence_parallel=True)
     tp_model = strategy.prepare_model(tp_model)
-    opt = AdamW(weight_decay_param_groups(tp_model, 0.1), lr=1e-3)
+    opt = AdamW(weight_decay_param_groups(tp_model, 0.1), lr=1e-3, eps=1e-6)
     norms = _train_steps(tp_model, opt, strategy, batches[:3], max_norm=0.5)
     out["norms"] = (norms, ref_norms)
     with strategy.full_state(tp_model, opt) as (full_model, full_opt):
@@ -335,7 +336,7 @@ def _llama_worker(rank: int, world: int, data: str, out_dir: str) -> dict:
     # 续训：一个新的张量并行模型装回完整状态（无序列并行——checkpoint 与并行方式无关），与单进程再走一步
     strategy2 = TensorParallelStrategy()
     resumed = strategy2.prepare_model(_llama.Llama(_config()))
-    opt2 = AdamW(weight_decay_param_groups(resumed, 0.1), lr=1e-3)
+    opt2 = AdamW(weight_decay_param_groups(resumed, 0.1), lr=1e-3, eps=1e-6)
     strategy2.load_full_state(resumed, opt2, full_sd, full_opt, strict=True)
     _train_steps(resumed, opt2, strategy2, batches[3:], max_norm=0.5)
     _train_steps(ref, ref_opt, single, batches[3:], max_norm=0.5)
