@@ -32,6 +32,16 @@ _EXPORTS = {
     "planned_work": "training_sys.distributed.context_parallel",
     "ring_attention": "training_sys.distributed.context_parallel",
     "split_sequence": "training_sys.distributed.context_parallel",
+    "ColumnParallelLinear": "training_sys.distributed.tensor_parallel",
+    "ParallelAttention": "training_sys.distributed.tensor_parallel",
+    "ParallelMLP": "training_sys.distributed.tensor_parallel",
+    "RowParallelLinear": "training_sys.distributed.tensor_parallel",
+    "SequenceParallelRMSNorm": "training_sys.distributed.tensor_parallel",
+    "TensorParallelLlama": "training_sys.distributed.tensor_parallel",
+    "TensorParallelStrategy": "training_sys.distributed.tensor_parallel",
+    "VocabParallelEmbedding": "training_sys.distributed.tensor_parallel",
+    "apply_tensor_parallel": "training_sys.distributed.tensor_parallel",
+    "vocab_parallel_cross_entropy": "training_sys.distributed.tensor_parallel",
 }
 
 __getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
