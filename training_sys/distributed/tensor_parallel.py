@@ -680,6 +680,16 @@ class TensorParallelStrategy(SingleDevice):
         self.device = next(model.parameters()).device  # NCCL 只能传 GPU 上的张量：标志位放在模型所在的设备上
         return apply_tensor_parallel(model, group, sequence_parallel=self.sequence_parallel)
 
+    def prepare_optimizer(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+        """逐元素的优化器（AdamW、SGD、Lion）在切片上更新与在完整矩阵上更新是同一回事；Muon 不是：
+        它把每个矩阵整体正交化（Newton–Schulz），对切片正交化 ≠ 对完整矩阵正交化。这里直接拒绝，而不是悄悄训成另一个东西。"""
+        from training_sys.optimization import Muon
+
+        if isinstance(optimizer, Muon):
+            raise ValueError("张量并行不支持 Muon：它对整个矩阵做正交化，各 rank 只有切片，结果与单卡不同；"
+                             "请用 --optimizer adamw（逐元素的更新在切片上与在完整矩阵上相同）")
+        return optimizer
+
     def stop_requested(self, local: bool) -> bool:
         flag = torch.tensor([float(local)], device=self.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group())

@@ -356,8 +356,11 @@ def _llama_worker(rank: int, world: int, data: str, out_dir: str) -> dict:
     resumed_run = train(_train_config(data, out_dir, resume=True), strategy=TensorParallelStrategy(sequence_parallel=True))
     out["train"] = (first.step, first.interrupted, _summary(resumed_run))
 
+    from training_sys.optimization import Muon
+
     errors = {}
     for key, fn in (("generate", lambda: resumed.generate(ids, 2)),
+                    ("muon", lambda: strategy2.prepare_optimizer(Muon([{"params": [resumed.lm_head.weight]}]))),
                     ("kv_cache", lambda: resumed(ids, kv_cache=object()))):
         try:
             fn()
@@ -396,3 +399,4 @@ def test_tensor_parallel_llama_and_strategy_match_single_process(tmp_path):
         assert len(samples) == 2 and all(samples) and samples == reference[3][-2:]  # 续训之后的样例与单进程逐字相同
         assert "full_model()" in out["errors"]["generate"]
         assert "KV cache" in out["errors"]["kv_cache"]
+        assert "不支持 Muon" in out["errors"]["muon"]
