@@ -375,7 +375,8 @@ def sample_text(model: torch.nn.Module, data: LMData, cfg: TrainConfig, device: 
     gen = torch.Generator(device=device).manual_seed(cfg.seed + 3)
     model.eval()
     for _ in range(cfg.sample_tokens):
-        logits = model(ids[:, -cfg.block_size:])[:, -1, :]  # (1, V)
+        logits = model(ids[:, -cfg.block_size:])[:, -1, :data.vocab_size]  # (1, V)
+        # 模型的词表可以比数据的大（--vocab-size 补齐到 64 或 tp 的倍数）：多出的 id 解码器不认识，只在数据的词表里抽
         next_id = sample_next_token(logits, temperature=temperature, top_k=top_k, generator=gen)  # (1,)
         ids = torch.cat([ids, next_id[:, None]], dim=1)
     model.train()
@@ -622,6 +623,7 @@ def train(cfg: TrainConfig, *, model: torch.nn.Module | None = None, optimizer: 
         model = build_model(cfg, vocab_size).to(device)
     else:
         device = _external_model_device(model, cfg, data)
+    n_params = sum(p.numel() for p in model.parameters())  # 切分之前数：parameters() 已对共享权重去重
     model = strategy.prepare_model(model)  # 张量并行 / FSDP 在这里切分参数：必须早于建优化器
     optimizer = strategy.prepare_optimizer(build_optimizer(cfg, model) if optimizer is None else optimizer)
     scheduler = build_scheduler(cfg, optimizer) if scheduler is None else scheduler
@@ -674,7 +676,6 @@ def train(cfg: TrainConfig, *, model: torch.nn.Module | None = None, optimizer: 
 
     log = MetricsLog(run_dir / "metrics.jsonl", keep_up_to_step=start_step if cfg.resume else None) if main_proc else None
     tokens_per_step = cfg.batch_size * cfg.block_size * cfg.grad_accum * strategy.data_parallel_size
-    n_params = sum(p.numel() for p in model.parameters())  # parameters() 已对共享权重去重
     if main_proc:
         print(f"[pretrain] {data.source} | vocab {vocab_size} | train {len(data.train):,} / val {len(data.val):,} tokens"
               f" | {type(model).__name__} {n_params / 1e6:.2f}M 参数 | {type(optimizer).__name__} | {device} {cfg.dtype}"
