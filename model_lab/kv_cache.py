@@ -28,7 +28,8 @@ from functools import cached_property
 import torch
 from torch import Tensor
 
-__all__ = ["AttnMetadata", "KVCache", "PagedKVCache", "check_cache", "check_logits_positions", "pack_sequences"]
+__all__ = ["AttnMetadata", "KVCache", "PagedKVCache", "check_cache", "check_logits_positions", "pack_sequences",
+           "resolve_positions"]
 
 
 def _check_against_model(what: str, got: dict, want: dict) -> None:
@@ -348,6 +349,31 @@ def check_cache(kv_cache: KVCache | PagedKVCache | None, attn_metadata: AttnMeta
         kv_cache.check_compatible(**dims, attn_metadata=attn_metadata)
     else:
         raise TypeError(f"kv_cache 应为 model_lab.KVCache 或 PagedKVCache，收到 {type(kv_cache).__name__}")
+
+
+def resolve_positions(input_ids: Tensor, position_ids: Tensor | None, attention_mask: Tensor | None,
+                      kv_cache: KVCache | PagedKVCache | None, attn_metadata: AttnMetadata | None
+                      ) -> tuple[Tensor, int, str]:
+    """模型 forward 的第二步（check_cache 之后）：两种批量的位置编号，返回 (position_ids, 要核对的序列长度, 它的说明)。
+
+    打包批量：position_ids 由元数据推出（给了就必须一致），不接受 attention_mask，长度 = 最长的上下文。
+    (B, T) 批量：位置默认接在稠密缓存的前缀之后（start..start+T-1），attention_mask 必须是 (B, 前缀+T)。
+    长度交给模型自己核对（Llama 的 max_position_embeddings、GPT-2 的 n_positions 规则不同）。
+    """
+    if attn_metadata is not None:
+        if attention_mask is not None:
+            raise ValueError("打包批量不用 attention_mask：序列边界与可见范围由 attn_metadata 给出")
+        return attn_metadata.check_inputs(input_ids, position_ids), attn_metadata.max_seqlen_k, "打包批量里最长的上下文"
+    b, t = input_ids.shape
+    start = kv_cache.seq_len if kv_cache is not None else 0  # check_cache 已保证这里只可能是 KVCache
+    if attention_mask is not None and tuple(attention_mask.shape) != (b, start + t):
+        raise ValueError(f"attention_mask 形状应为 (B, 前缀+T) = ({b}, {start + t})（1 = 真实 token，0 = padding），"
+                         f"实际 {tuple(attention_mask.shape)}")
+    if position_ids is None:
+        position_ids = torch.arange(start, start + t, device=input_ids.device)[None]  # (1, T)
+    elif position_ids.dim() == 1:
+        position_ids = position_ids[None]
+    return position_ids, start + t, (f"前缀 {start} + " if start else "") + f"输入 {t}"
 
 
 def check_logits_positions(positions: Tensor, num_tokens: int, targets: Tensor | None) -> Tensor:

@@ -602,7 +602,7 @@ def train(cfg: TrainConfig, *, model: torch.nn.Module | None = None, optimizer: 
     t_start = time.perf_counter()
     if strategy is None:
         # --parallel：torchrun 下建进程组并构造对应的策略（none = SingleDevice）
-        strategy = build_strategy(cfg.parallel) if cfg.parallel in PARALLEL_CHOICES else SingleDevice()
+        strategy = build_strategy(cfg.parallel)
     # 先核对各 rank 的配置、再校验：只有一个 rank 的配置不合法时，其余 rank 不会在第一次通信里干等到超时
     check_same_config(cfg.to_dict())
     cfg.validate()

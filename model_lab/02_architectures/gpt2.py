@@ -40,7 +40,14 @@ from torch import Tensor
 from model_lab.attention_backends import get_attention_backend, make_attention_mask, packed_attention
 from model_lab.generation import check_max_new_tokens, generate
 from model_lab.hf_io import load_hf_directory, save_hf_directory
-from model_lab.kv_cache import AttnMetadata, KVCache, PagedKVCache, check_cache, check_logits_positions
+from model_lab.kv_cache import (
+    AttnMetadata,
+    KVCache,
+    PagedKVCache,
+    check_cache,
+    check_logits_positions,
+    resolve_positions,
+)
 
 __all__ = ["Conv1D", "GPT2", "GPT2Config", "build_gpt2_hf_reference"]
 
@@ -435,25 +442,10 @@ class GPT2(nn.Module):
         self._check_input_ids(input_ids)
         B, T = input_ids.shape
         c, weight = self.config, self.transformer.wte.weight
-        if attn_metadata is not None:
-            if attention_mask is not None:
-                raise ValueError("打包批量不用 attention_mask：序列边界与可见范围由 attn_metadata 给出")
-            position_ids = attn_metadata.check_inputs(input_ids, position_ids)
-            self._check_length_and_vocab(input_ids, attn_metadata.max_seqlen_k, "打包批量里最长的上下文")
-        else:
-            past = kv_cache.seq_len if isinstance(kv_cache, KVCache) else 0
-            self._check_length_and_vocab(input_ids, past + T, f"cache 里 {past} + 本次 {T}")
-            if position_ids is None:
-                position_ids = torch.arange(past, past + T, device=input_ids.device)[None]  # (1, T)
-            elif position_ids.dim() == 1:
-                position_ids = position_ids[None]
-            if attention_mask is not None and tuple(attention_mask.shape) != (B, past + T):
-                raise ValueError(
-                    f"attention_mask 形状应为 (B, past + T) = {(B, past + T)}（1 = 真实 token，0 = padding），"
-                    f"收到 {tuple(attention_mask.shape)}"
-                )
         check_cache(kv_cache, attn_metadata, batch_size=B, new_tokens=T, num_layers=c.n_layer, num_kv_heads=c.n_head,
                     head_dim=c.head_dim, dtype=weight.dtype, device=weight.device)
+        position_ids, length, what = resolve_positions(input_ids, position_ids, attention_mask, kv_cache, attn_metadata)
+        self._check_length_and_vocab(input_ids, length, what)
         if targets is not None:
             if tuple(targets.shape) != (B, T):
                 raise ValueError(f"targets 形状应与 input_ids 相同 {(B, T)}，收到 {tuple(targets.shape)}")

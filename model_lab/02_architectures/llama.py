@@ -33,7 +33,14 @@ from torch import Tensor, nn
 from model_lab.attention_backends import get_attention_backend, make_attention_mask, packed_attention
 from model_lab.generation import check_max_new_tokens, generate
 from model_lab.hf_io import load_hf_directory, save_hf_directory
-from model_lab.kv_cache import AttnMetadata, KVCache, PagedKVCache, check_cache, check_logits_positions
+from model_lab.kv_cache import (
+    AttnMetadata,
+    KVCache,
+    PagedKVCache,
+    check_cache,
+    check_logits_positions,
+    resolve_positions,
+)
 from utils.io import is_smoke
 
 __all__ = ["Llama", "LlamaConfig", "build_llama_hf_reference", "rope_inv_freq"]
@@ -609,21 +616,8 @@ class Llama(nn.Module):
         c, w = self.config, self.lm_head.weight
         check_cache(kv_cache, attn_metadata, batch_size=b, new_tokens=t, num_layers=c.num_hidden_layers,
                     num_kv_heads=c.num_key_value_heads, head_dim=c.head_dim, dtype=w.dtype, device=w.device)
-        if attn_metadata is not None:
-            if attention_mask is not None:
-                raise ValueError("打包批量不用 attention_mask：序列边界与可见范围由 attn_metadata 给出")
-            position_ids = attn_metadata.check_inputs(input_ids, position_ids)
-            self._check_length_and_vocab(input_ids, attn_metadata.max_seqlen_k, "打包批量里最长的上下文")
-        else:
-            start = kv_cache.seq_len if kv_cache is not None else 0
-            self._check_length_and_vocab(input_ids, start + t, (f"前缀 {start} + " if start else "") + f"输入 {t}")
-            if attention_mask is not None and tuple(attention_mask.shape) != (b, start + t):
-                raise ValueError(f"attention_mask 形状应为 (B, 前缀+T) = ({b}, {start + t})，"
-                                 f"实际 {tuple(attention_mask.shape)}")
-            if position_ids is None:
-                position_ids = torch.arange(start, start + t, device=input_ids.device)[None]  # (1, T)
-            elif position_ids.dim() == 1:
-                position_ids = position_ids[None]
+        position_ids, length, what = resolve_positions(input_ids, position_ids, attention_mask, kv_cache, attn_metadata)
+        self._check_length_and_vocab(input_ids, length, what)
         if targets is not None and targets.shape != input_ids.shape:
             raise ValueError(f"targets 的形状 {tuple(targets.shape)} 应与 input_ids {tuple(input_ids.shape)} 相同")
         h = self.forward_hidden(input_ids, position_ids, kv_cache, attention_mask, attn_metadata)  # (B, T, C)
