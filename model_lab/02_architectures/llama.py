@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from model_lab.attention_backends import get_attention_backend, make_attention_mask, packed_attention
 from model_lab.generation import check_max_new_tokens, generate
 from model_lab.hf_io import load_hf_directory, save_hf_directory
+from model_lab.kernel_backends import get_kernel_backend
 from model_lab.kv_cache import (
     AttnMetadata,
     KVCache,
@@ -77,7 +78,8 @@ class LlamaConfig:
 
     RoPE 在内存里用 v4 写法保存：`rope_theta` + `rope_scaling`（None 或 {"rope_type": ..., "factor": ...}）；
     to_dict()/config.json 用 v5 写法 `rope_parameters = {"rope_type", "rope_theta", ...}`，from_dict 两种都接受。
-    `attn_implementation` 是本仓库的运行时选择（注意力后端名），不写进 config.json。
+    `attn_implementation`（注意力后端名）与 `kernels`（RMSNorm/RoPE/SwiGLU/交叉熵的内核后端名，见
+    model_lab/kernel_backends.py）是本仓库的运行时选择，不写进 config.json。
     """
 
     vocab_size: int = 32000
@@ -101,6 +103,7 @@ class LlamaConfig:
     bos_token_id: int | None = 1
     eos_token_id: int | list[int] | None = 2
     attn_implementation: str = "sdpa"
+    kernels: str = "torch"
 
     def __post_init__(self) -> None:
         if self.num_key_value_heads is None:
@@ -129,6 +132,8 @@ class LlamaConfig:
             raise ValueError(f"rms_norm_eps={self.rms_norm_eps} 必须 > 0")
         if not isinstance(self.attn_implementation, str):
             raise ValueError(f"attn_implementation={self.attn_implementation!r} 必须是注意力后端的名字（字符串）")
+        if not isinstance(self.kernels, str):
+            raise ValueError(f"kernels={self.kernels!r} 必须是内核后端的名字（字符串），例如 'torch' 或 'triton'")
         self.rope_scaling = self._normalize_rope_scaling(self.rope_scaling)  # 可能从 v5 写法里取出 rope_theta
         if not self.rope_theta > 0:
             raise ValueError(f"rope_theta={self.rope_theta} 必须 > 0")
@@ -169,7 +174,7 @@ class LlamaConfig:
 
     # ---- 与 dict / HF config.json 互转 ----
     def to_dict(self) -> dict[str, Any]:
-        """HF v5 风格的 dict（config.json 的内容）+ attn_implementation。"""
+        """HF v5 风格的 dict（config.json 的内容）+ 运行时选择 attn_implementation、kernels。"""
         d = {k: v for k, v in asdict(self).items() if k not in ("rope_theta", "rope_scaling")}
         rope = {"rope_type": "default"} if self.rope_scaling is None else dict(self.rope_scaling)
         rope["rope_theta"] = self.rope_theta
@@ -276,14 +281,21 @@ def rope_inv_freq(config: LlamaConfig, seq_len: int | None = None) -> tuple[Tens
 
 
 class RMSNorm(nn.Module):
-    """y = w * x / sqrt(mean(x^2) + eps)。在 fp32 里求均方根再转回原 dtype，最后乘权重（与 HF 的顺序相同）。"""
+    """y = w * x / sqrt(mean(x^2) + eps)。在 fp32 里求均方根再转回原 dtype，最后乘权重（与 HF 的顺序相同）。
 
-    def __init__(self, dim: int, eps: float) -> None:
+    config 给了且 config.kernels 的后端注册了 rms_norm 时，前向交给那个内核（同一公式，见 kernel_backends.py）。
+    """
+
+    def __init__(self, dim: int, eps: float, config: LlamaConfig | None = None) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
+        self.config = config
 
     def forward(self, x: Tensor) -> Tensor:
+        kernel = None if self.config is None else get_kernel_backend(self.config.kernels).rms_norm
+        if kernel is not None:
+            return kernel(x, self.weight, self.eps)
         dtype = x.dtype
         x = x.float()
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
@@ -417,7 +429,8 @@ class Attention(nn.Module):
         b, t, _ = x.shape
         h, h_kv, d = self.n_head, self.n_kv_head, self.head_dim
         qk, v = self.project_qkv(x)
-        q, k = apply_rope(qk, rope).split([h, h_kv], dim=2)  # q 与 k 一起旋转：一次算子；(B, T, H 或 H_kv, D)
+        rotate = get_kernel_backend(self.config.kernels).apply_rope or apply_rope
+        q, k = rotate(qk, rope).split([h, h_kv], dim=2)  # q 与 k 一起旋转：一次算子；(B, T, H 或 H_kv, D)
         if attn_metadata is not None:  # 打包批量：B = 1，T = N 个首尾相接的 token，直接用 (N, H, D) 的 varlen 布局
             k_ctx, v_ctx = k[0], v[0]  # (N, H_kv, D)
             if kv_cache is not None:  # 写进块池，拿回整个块池 (num_blocks, block_size, H_kv, D)
@@ -446,10 +459,13 @@ class MLP(nn.Module):
 
     激活是一个子模块属性（与 HF 的 LlamaMLP 相同），不是写死的 F.silu：换成自己写的 SiLU 只需
     `model.model.layers[i].mlp.act_fn = MySiLU()`，课程里的手写组件就能放进完整模型里对照。
+    config.kernels 的后端注册了 swiglu（激活与逐元素乘融合成一个内核）且 act_fn 仍是 nn.SiLU 时用它；
+    换上了自己的 act_fn 就照用自己的——课程对照的是你的组件，不是内核。
     """
 
     def __init__(self, config: LlamaConfig) -> None:
         super().__init__()
+        self.config = config
         h, i, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
         self.gate_proj = nn.Linear(h, i, bias=bias)
         self.up_proj = nn.Linear(h, i, bias=bias)
@@ -457,6 +473,9 @@ class MLP(nn.Module):
         self.act_fn = nn.SiLU()
 
     def forward(self, x: Tensor) -> Tensor:
+        fused = get_kernel_backend(self.config.kernels).swiglu
+        if fused is not None and type(self.act_fn) is nn.SiLU:
+            return self.down_proj(fused(self.gate_proj(x), self.up_proj(x)))
         return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -465,9 +484,9 @@ class DecoderLayer(nn.Module):
 
     def __init__(self, config: LlamaConfig, layer_idx: int) -> None:
         super().__init__()
-        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, config)
         self.self_attn = Attention(config, layer_idx)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, config)
         self.mlp = MLP(config)
 
     def forward(self, x: Tensor, rope: Tensor, kv_cache: KVCache | PagedKVCache | None, attn_mask: Tensor | None,
@@ -483,7 +502,7 @@ class LlamaModel(nn.Module):
         super().__init__()
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, config)
         self.rotary_emb = RotaryEmbedding(config)
 
     def forward(self, input_ids: Tensor, position_ids: Tensor, kv_cache: KVCache | PagedKVCache | None,
@@ -507,6 +526,7 @@ class Llama(nn.Module):
     def __init__(self, config: LlamaConfig) -> None:
         super().__init__()
         get_attention_backend(config.attn_implementation)  # 名字拼错在构造时就报错，而不是第一次前向时
+        get_kernel_backend(config.kernels)
         self.config = config
         self.model = LlamaModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
@@ -596,6 +616,8 @@ class Llama(nn.Module):
                 attn_metadata: AttnMetadata | None = None, logits_positions: Tensor | None = None
                 ) -> Tensor | tuple[Tensor, Tensor]:
         """input_ids (B, T) -> logits (B, T, V)；给了 targets 则返回 (logits, loss)。
+        （config.kernels 的后端有 linear_cross_entropy、且在训练（model.train() 且需要梯度）时返回 (None, loss)：
+        融合内核从不物化 logits。）
 
         targets 用 nanoGPT 的约定：已经对齐好，targets[:, t] 是 input_ids[:, t] 的下一个 token，-100 的位置不计损失。
         与 HF 的 labels 的关系：HF 在内部做移位，labels 与 input_ids 对齐（通常 labels = input_ids），
@@ -621,6 +643,11 @@ class Llama(nn.Module):
         if targets is not None and targets.shape != input_ids.shape:
             raise ValueError(f"targets 的形状 {tuple(targets.shape)} 应与 input_ids {tuple(input_ids.shape)} 相同")
         h = self.forward_hidden(input_ids, position_ids, kv_cache, attention_mask, attn_metadata)  # (B, T, C)
+        fused_loss = get_kernel_backend(c.kernels).linear_cross_entropy
+        if targets is not None and fused_loss is not None and self.training and torch.is_grad_enabled():
+            # 融合的 lm_head + 交叉熵：按块算 logits 并当场变成 loss 与梯度，(B·T, V) 的 logits 从不整块出现——
+            # 所以这里没有 logits 可返回（None）。只在训练时走这条路；评估与生成要 logits，照常算。
+            return None, fused_loss(h.flatten(0, 1), w, targets.reshape(-1), ignore_index=-100)
         if logits_positions is not None:
             h = h.flatten(0, 1)[check_logits_positions(logits_positions, b * t, targets)]  # (K, C)
         logits = self.lm_head(h)  # (B, T, V) 或 (K, V)
@@ -673,18 +700,20 @@ class Llama(nn.Module):
         """
         cfg = self.config.to_dict()
         cfg.pop("attn_implementation")  # 运行时选择，不是权重的属性
+        cfg.pop("kernels")
         return save_hf_directory(self, save_dir, cfg)
 
     @classmethod
     def from_pretrained(cls, load_dir: str | os.PathLike, device: torch.device | str | None = None,
-                        dtype: torch.dtype | None = None, attn_implementation: str = "sdpa") -> Llama:
+                        dtype: torch.dtype | None = None, attn_implementation: str = "sdpa",
+                        kernels: str = "torch") -> Llama:
         """加载 HF LlamaForCausalLM.save_pretrained 写出的目录（单个 model.safetensors 或分片 + index.json）。
 
         dtype=None 时保持文件里的 dtype。模型先建在 meta 设备上，再把读到的张量直接装进去：
         大模型加载时不会先占一份随机权重的内存。旧版 HF checkpoint 里的 rotary_emb.inv_freq 由 config 决定，忽略。
         """
         def build(raw: dict[str, Any]) -> Llama:
-            return cls(LlamaConfig.from_dict({**raw, "attn_implementation": attn_implementation}))
+            return cls(LlamaConfig.from_dict({**raw, "attn_implementation": attn_implementation, "kernels": kernels}))
 
         def after_load(model: nn.Module) -> None:  # meta 上建的非持久 buffer 要按 config 重新算
             model.model.rotary_emb.reset_inv_freq(device)
@@ -708,6 +737,7 @@ def build_llama_hf_reference(model: Llama, attn_implementation: str | None = Non
 
     cfg = model.config.to_dict()
     ours = cfg.pop("attn_implementation")
+    cfg.pop("kernels")
     for key in ("architectures", "model_type"):
         cfg.pop(key)
     if attn_implementation is None:

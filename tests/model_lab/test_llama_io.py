@@ -41,7 +41,7 @@ def test_to_dict_from_dict_roundtrip_and_hf_reads_it():
     assert d["architectures"] == ["LlamaForCausalLM"] and d["model_type"] == "llama"
     assert d["rope_parameters"]["rope_type"] == "llama3" and d["rope_parameters"]["rope_theta"] == 10000.0
     assert LlamaConfig.from_dict(d) == cfg
-    d.pop("attn_implementation")
+    d.pop("attn_implementation"), d.pop("kernels")
     hf = transformers.LlamaConfig(**{k: v for k, v in d.items() if k not in ("architectures", "model_type")})
     assert LlamaConfig.from_dict(hf.to_dict()) == cfg  # 读回 HF 的 to_dict（含一堆与结构无关的键）
 
@@ -68,7 +68,7 @@ def test_rope_inv_freq_matches_hf_init_functions(rope_scaling):
 
     cfg = LlamaConfig(**SMALL, rope_theta=50000.0, rope_scaling=rope_scaling)
     d = cfg.to_dict()
-    d.pop("attn_implementation")
+    d.pop("attn_implementation"), d.pop("kernels")
     hf_cfg = transformers.LlamaConfig(**{k: v for k, v in d.items() if k not in ("architectures", "model_type")})
     ref_freq, ref_scale = ROPE_INIT_FUNCTIONS[rope_scaling["rope_type"]](hf_cfg, "cpu")
     freq, scale = llama.rope_inv_freq(cfg)

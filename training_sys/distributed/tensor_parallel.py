@@ -460,7 +460,7 @@ class ParallelMLP(_llama.MLP):
 
     def __init__(self, mlp: nn.Module, group: dist.ProcessGroup, *, sequence_parallel: bool = False) -> None:
         nn.Module.__init__(self)
-        self.group, self.sequence_parallel = group, sequence_parallel
+        self.config, self.group, self.sequence_parallel = mlp.config, group, sequence_parallel
         self.gate_proj = ColumnParallelLinear(mlp.gate_proj, group, communicate_input=False)
         self.up_proj = ColumnParallelLinear(mlp.up_proj, group, communicate_input=False)
         self.down_proj = RowParallelLinear(mlp.down_proj, group, sequence_parallel=sequence_parallel)
