@@ -3,7 +3,7 @@
 与 attention_backends.py 是同一个思路、同一个方向：模型（model_lab）从不 import 内核（inference_engine/kernels），
 内核包在导入时把自己**注册**进来；模型前向时按 `config.kernels` 这个名字查表。于是
 
-    import inference_engine.kernels                      # 注册 "triton"（以及注意力后端 "triton_flash"）
+    import inference_engine.backends                     # 注册 "triton"（以及注意力后端 "triton_flash"）
     model = Llama(LlamaConfig(..., kernels="triton", attn_implementation="triton_flash"))
 
 就让同一个 Llama 跑在手写内核上，权重、checkpoint、训练循环都不用改；`kernels="torch"`（默认）是 PyTorch 写法。
@@ -73,6 +73,6 @@ def get_kernel_backend(name: str) -> KernelBackend:
     backend = KERNEL_BACKENDS.get(name)
     if backend is None:
         raise ValueError(f"kernels={name!r} 未注册；已注册的内核后端：{sorted(KERNEL_BACKENDS)}"
-                         "（Triton 内核要先 `import inference_engine.kernels` 才会注册 'triton'；"
+                         "（Triton 内核要先 `import inference_engine.backends` 才会注册 'triton'；"
                          "不需要时用 kernels='torch'）")
     return backend

@@ -53,6 +53,16 @@ def test_layer_imports_only_what_it_may(layer):
                             + "\n".join(violations))
 
 
+def test_kernels_depend_only_on_utils():
+    """inference_engine/kernels/ 是最底层的积木：只 import utils 与自己；它注册进模型，而不是 import 模型。"""
+    violations = []
+    for path in sorted((REPO_ROOT / "inference_engine" / "kernels").rglob("*.py")):
+        for lineno, module in imported_modules(path):
+            if module.split(".")[0] in PROJECT and not module.startswith(("utils", "inference_engine.kernels")):
+                violations.append(f"{path.relative_to(REPO_ROOT)}:{lineno} imports {module}")
+    assert not violations, "inference_engine/kernels/ 只 import utils 与 inference_engine.kernels：\n" + "\n".join(violations)
+
+
 def test_archive_lessons_are_self_contained():
     violations = []
     for path in files_of("archive"):
