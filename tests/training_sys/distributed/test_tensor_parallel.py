@@ -400,3 +400,159 @@ def test_tensor_parallel_llama_and_strategy_match_single_process(tmp_path):
         assert "full_model()" in out["errors"]["generate"]
         assert "KV cache" in out["errors"]["kv_cache"]
         assert "不支持 Muon" in out["errors"]["muon"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# dp × tp：4 个进程排成 2 × 2 的网格，与单进程用全局 batch 训练对照
+# ---------------------------------------------------------------------------------------------------
+
+DP, TP, PER_DP_BATCH = 2, 2, 2
+
+
+def _dp_tp_batches() -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+    """3 步 × 2 个 micro-batch 的全局 batch（每个 DP·PER_DP_BATCH 条）；第 1 个 dp 组那份里有不少 -100：
+    两个 dp 组的有效 token 数不同，按 token 归一化与"各组平均再平均"给出不同的梯度。"""
+    gen = torch.Generator().manual_seed(5)
+    steps = []
+    for _ in range(3):
+        micro = []
+        for k in range(2):
+            x = torch.randint(0, 64, (DP * PER_DP_BATCH, 8), generator=gen)
+            y = torch.randint(0, 64, (DP * PER_DP_BATCH, 8), generator=gen)
+            y[PER_DP_BATCH:, : 5 + k] = -100
+            micro.append((x, y))
+        steps.append(micro)
+    return steps
+
+
+def _dp_tp_reference(steps):
+    """单进程：同一份初始权重、全局 batch、同样的 AdamW 与裁剪。返回 (权重, 每步 loss, 每步裁剪前的范数, 优化器)。"""
+    from training_sys.optimization import AdamW, weight_decay_param_groups
+    from training_sys.pretrain import accumulate_step
+    from training_sys.strategy import SingleDevice
+    from utils.torch_playground import setup_seed
+
+    setup_seed(0)
+    model = _llama.Llama(_config())
+    opt = AdamW(weight_decay_param_groups(model, 0.1), lr=1e-3, eps=1e-6)
+    single, losses, norms = SingleDevice(), [], []
+    for micro in steps:
+        losses.append(accumulate_step(model, micro, single).item())
+        norms.append(float(single.clip_grad_norm(model, 0.5)))
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return model.state_dict(), losses, norms
+
+
+def _dp_tp_worker(rank: int, world: int, data: str, out_dir: str) -> dict:
+    from training_sys.distributed.mesh import ParallelMesh
+    from training_sys.optimization import AdamW, weight_decay_param_groups
+    from training_sys.pretrain import accumulate_step, rank_slice, train
+    from utils.torch_playground import setup_seed
+
+    out: dict = {}
+    strategy = TensorParallelStrategy(tp_size=TP)
+    out["dp"] = (strategy.data_parallel_size, strategy.data_parallel_rank)
+    setup_seed(0)
+    model = _llama.Llama(_config())
+    if rank == 2:  # 第 1 个 dp 组的 tp 组 0 号权重被打乱：prepare_model 在 dp 组里再广播一次，所有 rank 仍从 rank 0 的权重出发
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(1.0)
+    model = strategy.prepare_model(model)
+    out["groups"] = (sorted(dist.get_process_group_ranks(strategy.group)),
+                     sorted(dist.get_process_group_ranks(strategy.dp_group)))
+    opt = AdamW(weight_decay_param_groups(model, 0.1), lr=1e-3, eps=1e-6)
+    losses, norms, tokens = [], [], []
+    with communication_log() as log:
+        accumulate_step(model, [rank_slice(b, PER_DP_BATCH, strategy.data_parallel_rank) for b in _dp_tp_batches()[0]],
+                        strategy)
+    model.zero_grad(set_to_none=True)
+    # 梯度同步：只在最后一个 micro-batch 之后、每个参数恰好一次（一个 25 MB 的桶装下整个小模型）
+    out["grad_sync"] = ([n for kind, n in log if kind == "grad_all_reduce"], sum(p.numel() for p in model.parameters()))
+    for micro in _dp_tp_batches():
+        mine = [rank_slice(b, PER_DP_BATCH, strategy.data_parallel_rank) for b in micro]
+        tokens.append((sum(int((y != -100).sum()) for _, y in mine), strategy.global_tokens(
+            sum(int((y != -100).sum()) for _, y in mine))))
+        losses.append(strategy.reduce_loss(accumulate_step(model, mine, strategy)))
+        norms.append(float(strategy.clip_grad_norm(model, 0.5)))
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    out["losses"], out["norms"], out["tokens"] = losses, norms, tokens
+    with strategy.full_state(model, opt) as (full, full_opt):
+        out["weights"] = {k: v.clone() for k, v in full.state_dict().items()}
+        out["opt_keys"] = sorted(full_opt["state"])
+    out["stop"] = strategy.stop_requested(rank == 3)  # 只有最后一个 rank 想停：整个 world 一起停
+
+    # 真正的训练循环：每个 dp 组 batch_size=2 条，4 个 rank 合起来等于单进程 batch_size=4
+    result = train(_dp_tp_train_config(data, out_dir, PER_DP_BATCH), strategy=TensorParallelStrategy(tp_size=TP))
+    out["train_ckpt"] = str(result.checkpoint_dir) if rank == 0 else None
+
+    errors = {}
+    for key, fn in (("world", lambda: TensorParallelStrategy(tp_size=3)),
+                    ("zero", lambda: TensorParallelStrategy(tp_size=0)),
+                    ("both", lambda: TensorParallelStrategy(ParallelMesh(dp=2, tp=2), tp_size=2)),
+                    ("heads", lambda: TensorParallelStrategy(tp_size=4).prepare_model(_llama.Llama(_config())))):
+        try:
+            fn()
+        except ValueError as e:
+            errors[key] = str(e)
+    out["errors"] = errors
+    return out
+
+
+def _dp_tp_train_config(data: str, out_dir: str, batch_size: int):
+    from training_sys.pretrain import TrainConfig
+
+    return TrainConfig(data=data, out_dir=out_dir, overwrite=True, n_layer=1, n_head=2, n_embd=16, block_size=16,
+                       batch_size=batch_size, grad_accum=2, max_iters=3, warmup_iters=1, eval_interval=3, eval_iters=1,
+                       checkpoint_interval=3, sample_tokens=0, grad_clip=0.3, threads=1, progress=False, seed=7)
+
+
+def _metrics_losses(run_dir) -> list[float]:
+    import json
+    from pathlib import Path
+
+    rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return [r["loss"] for r in rows if r["kind"] == "train"]
+
+
+def test_dp_x_tp_strategy_matches_single_process_on_the_global_batch(tmp_path):
+    from safetensors.torch import load_file
+
+    from training_sys.pretrain import train
+
+    alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 \n"  # 词表 64：能被 tp=2 整除
+    data = tmp_path / "text.txt"
+    data.write_text("".join(alphabet[(i * i + 7 * i) % 64] for i in range(4000)) + alphabet, encoding="utf-8")
+    steps = _dp_tp_batches()
+    ref_weights, ref_losses, ref_norms = _dp_tp_reference(steps)
+    per_rank = spawn(_dp_tp_worker, DP * TP, str(data), str(tmp_path / "dp_tp"), timeout_s=180)
+    single = train(_dp_tp_train_config(str(data), str(tmp_path / "single"), DP * PER_DP_BATCH))
+
+    total = [sum(int((y != -100).sum()) for _, y in micro) for micro in steps]
+    for rank, out in enumerate(per_rank):
+        assert out["dp"] == (DP, rank // TP), rank  # tp 在最里层：rank = dp_i·tp + tp_i
+        assert out["grad_sync"][0] == [out["grad_sync"][1]], rank
+        assert out["groups"] == ([rank // TP * TP, rank // TP * TP + 1], [rank % TP, rank % TP + TP]), rank
+        assert [g for _, g in out["tokens"]] == total  # 只在 dp 组里求和：不重复计 tp 次
+        assert out["losses"] == pytest.approx(ref_losses, abs=1e-6)
+        assert out["norms"] == pytest.approx(ref_norms, rel=1e-5) and max(ref_norms) > 0.5  # 裁剪真的生效了
+        assert out["weights"].keys() == ref_weights.keys()
+        worst = max(_max_diff(v, ref_weights[k]) for k, v in out["weights"].items())
+        assert worst < 1e-5, (rank, worst)
+        assert out["opt_keys"] == list(range(len(out["opt_keys"]))) and out["stop"] is True
+        assert "world_size=4 is not divisible by tp_size=3" in out["errors"]["world"]
+        assert "tp_size=0" in out["errors"]["zero"] and "只能给一个" in out["errors"]["both"]
+        assert "num_key_value_heads=2 is not divisible by tp=4" in out["errors"]["heads"]
+    # 两个 dp 组的本地 token 数确实不同（否则 token 归一化没被考验）
+    assert per_rank[0]["tokens"][0][0] != per_rank[2]["tokens"][0][0]
+
+    # 训练循环：每步 loss 与单进程全局 batch 的相差 ≤ 1e-5；只有 rank 0 写出一个完整的 HF checkpoint
+    ours, ref = _metrics_losses(tmp_path / "dp_tp"), _metrics_losses(single.run_dir)
+    assert len(ours) == len(ref) == 3 and ours == pytest.approx(ref, abs=1e-5), (ours, ref)
+    mine, theirs = load_file(f"{per_rank[0]['train_ckpt']}/model.safetensors"), load_file(
+        str(single.checkpoint_dir / "model.safetensors"))
+    assert mine.keys() == theirs.keys()
+    for k in mine:
+        torch.testing.assert_close(mine[k], theirs[k], rtol=1e-4, atol=1e-5, msg=k)
