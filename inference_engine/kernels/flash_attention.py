@@ -585,7 +585,8 @@ def benchmark_flash_attention(shapes: list[tuple[int, int, int, int]] | None = N
             timings = []
             for fn in (ours, ref):
                 bench = fn if mode == "fwd" else (lambda fn=fn: fn().backward(do))
-                timings.append(triton.testing.do_bench(bench, warmup=25, rep=100))
+                # grad_to_none：每次反向前清掉 .grad，免得把"累加进旧梯度"的那次加法也计入耗时
+                timings.append(triton.testing.do_bench(bench, warmup=25, rep=100, grad_to_none=[q, k, v]))
             flops = _attention_flops(batch, heads, seqlen, head_dim, causal, mode)
             ours_tf, ref_tf = (flops / (ms * 1e-3) / 1e12 for ms in timings)
             rows.append({"shape": (batch, heads, seqlen, head_dim), "dtype": str(dtype), "causal": causal,

@@ -78,10 +78,10 @@ def test_length_not_a_multiple_of_the_block(causal):
     _assert_close(ours, ref)
 
 
-@pytest.mark.parametrize(("t", "s"), [(16, 40), (48, 112)])
+@pytest.mark.parametrize(("t", "s"), [(16, 40), (48, 112), (1, 37)])
 def test_causal_bottom_right_with_fewer_queries_than_keys(t, s):
     """T 个新 query 接在 S 的上下文后：query i 看 key j ≤ i + (S − T)（对照显式 bool 掩码，不是 SDPA 的 is_causal）。
-    (48, 112)：偏移 64 大于一个 Q 块，只按 i ≤ j 划分块边界的内核会漏掉一整段 key。"""
+    (48, 112)：偏移 64 大于一个 Q 块，只按 i ≤ j 划分块边界的内核会漏掉一整段 key；(1, 37)：解码一步，看全部 key。"""
     q, k, v, do = _inputs(1, 2, 2, t, s, 32)
     mask = torch.arange(s, device=DEV)[None, :] <= torch.arange(t, device=DEV)[:, None] + (s - t)
     ours = _run(lambda q, k, v: flash_attention(q, k, v, causal=True), q, k, v, do)
