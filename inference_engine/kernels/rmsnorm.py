@@ -149,9 +149,9 @@ def _rms_norm_fwd(x: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor
     return y, rstd
 
 
-def _num_bwd_programs(n_row_blocks: int) -> int:
+def _num_bwd_programs(n_row_blocks: int, device: torch.device) -> int:
     """反向的 program 数 P：GPU 上每个 SM 约 4 个（足以隐藏访存延迟），解释器下 4 个（少 = 快）；不超过行块数。"""
-    per_device = 4 if INTERPRET else 4 * torch.cuda.get_device_properties(KERNEL_DEVICE).multi_processor_count
+    per_device = 4 if INTERPRET else 4 * torch.cuda.get_device_properties(device).multi_processor_count
     return max(1, min(per_device, n_row_blocks))
 
 
@@ -162,7 +162,7 @@ def _rms_norm_bwd(dy: Tensor, x: Tensor, weight: Tensor, rstd: Tensor) -> tuple[
     if x.numel() == 0:
         return dx, torch.zeros_like(weight)
     block, rows, num_warps = _launch_params(n_rows, n_cols)
-    n_progs = _num_bwd_programs(triton.cdiv(n_rows, rows))
+    n_progs = _num_bwd_programs(triton.cdiv(n_rows, rows), x.device)
     dw_partial = torch.empty(n_progs, n_cols, dtype=torch.float32, device=x.device)  # (P, D) 部分和
     rms_norm_bwd_kernel[(n_progs,)](dy, x, weight, rstd, dx, dw_partial, n_rows, n_cols,
                                     ROWS=rows, BLOCK=block, num_warps=num_warps)
