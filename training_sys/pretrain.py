@@ -7,10 +7,14 @@
     python -m training_sys.pretrain --config my_run.json --lr 3e-4   # 配置文件 + 命令行覆盖（命令行优先）
     SMOKE=1 python -m training_sys.pretrain                          # 几秒钟的小规模演示
     torchrun --standalone --nproc_per_node 2 -m training_sys.pretrain --parallel ddp   # 数据并行（zero1/zero2/fsdp/tp 同理）
+    torchrun --standalone --nproc_per_node 4 -m training_sys.pretrain --parallel tp --tp-size 2     # 2 dp × 2 tp
+    torchrun --standalone --nproc_per_node 2 -m training_sys.pretrain --parallel pp --n-layer 4 --grad-accum 8
+                                                      # 流水线：每个 rank 2 层，8 个 micro-batch 走 1F1B（--pp-schedule gpipe）
+    torchrun --standalone --nproc_per_node 2 -m training_sys.pretrain --parallel cp   # 上下文并行：每条序列切给 2 个 rank，ring attention
 
 其他模块直接调用函数：`result = train(TrainConfig(run="x", max_iters=100))`，命令行只是它外面薄薄的一层。
 模型、优化器、调度器与步策略都可以从外面传进来（`train(cfg, model=..., optimizer=..., strategy=...)`）：
-DDP / ZeRO / FSDP 只需实现 training_sys/strategy.py 的钩子，用的是同一个循环。
+DDP / ZeRO / FSDP / TP / PP / CP 只需实现 training_sys/strategy.py 的钩子，用的是同一个循环。
 
 一步训练做什么（nanoGPT train.py 的骨架）：
 1. 梯度累积（accumulate_step）：grad_accum 个 micro-batch，micro-batch k 的平均 loss 乘 n_k / N 再 backward
@@ -61,7 +65,7 @@ from training_sys.checkpoint import (
 )
 from training_sys.data import DataError, LMData, get_batch, load_char_data, load_token_shards
 from training_sys.distributed.launch import DistributedError
-from training_sys.distributed.parallel import PARALLEL_CHOICES, build_strategy, check_same_config
+from training_sys.distributed.parallel import PARALLEL_CHOICES, PP_SCHEDULES, build_strategy, check_same_config
 from training_sys.evaluation import bits_per_byte
 from training_sys.optimization import PRECISION_ALIASES, PRECISIONS, SCHEDULE_KINDS
 from training_sys.strategy import STRATEGY_HOOKS, SingleDevice, TrainStrategy
@@ -137,7 +141,12 @@ class TrainConfig:
     threads: int | None = _opt(None, "CPU 上 torch 的线程数；不给 = PyTorch 默认。机器被别的进程占满时设 1 往往快得多")
     parallel: str = _opt("none", f"并行方式，可选 {'、'.join(PARALLEL_CHOICES)}：none = 单进程；其余要用 torchrun 启动，"
                                  "例如 `torchrun --standalone --nproc_per_node 2 -m training_sys.pretrain --parallel ddp`。"
-                                 "每个数据并行 rank 取全局 batch（batch_size × rank 数）的一份，结果与单进程用这个全局 batch 相同")
+                                 "每个数据并行 rank 取全局 batch（batch_size × 数据并行 rank 数）的一份，结果与单进程用这个全局 batch 相同；"
+                                 "pp（流水线，每个 rank 一段层）与 cp（上下文并行，每个 rank 每条序列的两块）的各 rank 看同一份数据")
+    pp_schedule: str = _opt("1f1b", f"--parallel pp 的调度，可选 {'、'.join(PP_SCHEDULES)}：1f1b 每段同时活着的激活 ≤ 段数，"
+                                    "gpipe 要存下全部 grad_accum 个 micro-batch 的激活；两者梯度相同。micro-batch 数 = grad_accum")
+    tp_size: int | None = _opt(None, "--parallel tp 的张量并行组大小；不给 = 全部 rank（纯张量并行）。"
+                                     "小于 rank 数时其余维度做数据并行：dp = rank 数 / tp_size，每个 tp 组看全局 batch 的一份")
     seed: int = _opt(1337, "随机种子：初始化、训练数据的抽样、评估与样例的随机数都由它派生")
     # 评估、样例、checkpoint、日志
     eval_interval: int = _opt(250, "每隔多少步评估一次 train / val loss（最后一步总会评估）")
@@ -153,7 +162,7 @@ class TrainConfig:
     # 要接着训练"同一个东西"，rank 数得与原来相同
     RESUME_MAY_DIFFER = ("resume", "overwrite", "compile", "eval_interval", "eval_iters", "sample_tokens",
                          "checkpoint_interval", "keep_checkpoints", "progress", "run", "out_dir", "device", "threads",
-                         "parallel")
+                         "parallel", "pp_schedule", "tp_size")
 
     def __post_init__(self) -> None:
         # 简写换成正式名字（bf16 → bfloat16）：写进 config.json 与续训时比较的都是同一个名字
@@ -224,6 +233,14 @@ class TrainConfig:
             raise ValueError(f"threads={self.threads} 必须是正整数（或不给，用 PyTorch 的默认值）")
         if self.parallel not in PARALLEL_CHOICES:
             raise ValueError(f"parallel={self.parallel!r} 未知；可选 {PARALLEL_CHOICES}")
+        if self.pp_schedule not in PP_SCHEDULES:
+            raise ValueError(f"pp_schedule={self.pp_schedule!r} 未知；可选 {PP_SCHEDULES}")
+        if self.tp_size is not None:
+            if not isinstance(self.tp_size, int) or self.tp_size < 1:
+                raise ValueError(f"tp_size={self.tp_size!r} 必须是正整数（或不给 = 全部 rank）")
+            if self.parallel != "tp":
+                raise ValueError(f"tp_size={self.tp_size} 只对 --parallel tp 有意义（现在是 --parallel {self.parallel}）；"
+                                 "去掉 --tp-size，或改用 --parallel tp")
         if self.resume and self.overwrite:
             raise ValueError("--resume 与 --overwrite 不能同时给：一个是接着训练，一个是删掉重来")
 
@@ -602,7 +619,7 @@ def train(cfg: TrainConfig, *, model: torch.nn.Module | None = None, optimizer: 
     t_start = time.perf_counter()
     if strategy is None:
         # --parallel：torchrun 下建进程组并构造对应的策略（none = SingleDevice）
-        strategy = build_strategy(cfg.parallel)
+        strategy = build_strategy(cfg.parallel, cfg.to_dict())
     # 先核对各 rank 的配置、再校验：只有一个 rank 的配置不合法时，其余 rank 不会在第一次通信里干等到超时
     check_same_config(cfg.to_dict())
     cfg.validate()
@@ -700,7 +717,8 @@ def train(cfg: TrainConfig, *, model: torch.nn.Module | None = None, optimizer: 
                 micro_batches = [rank_slice(get_batch(data.train, cfg.batch_size * dp_size, cfg.block_size, data_gen,
                                                       device), cfg.batch_size, dp_rank)
                                  for _ in range(cfg.grad_accum)]
-                step_loss = accumulate_step(fwd_model, micro_batches, strategy, autocast, sync_model=wrapped)
+                # 默认就是 accumulate_step；流水线并行换成 1F1B / GPipe，上下文并行先切序列（strategy.py）
+                step_loss = strategy.forward_backward(fwd_model, micro_batches, autocast=autocast, sync_model=wrapped)
                 last_loss = strategy.reduce_loss(step_loss)
                 if not math.isfinite(last_loss):
                     raise TrainingDivergedError(
@@ -726,21 +744,12 @@ def train(cfg: TrainConfig, *, model: torch.nn.Module | None = None, optimizer: 
                 bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_step / dt:,.0f}",
                                 refresh=False)
 
-                if (step % cfg.eval_interval == 0 or step == cfg.max_iters) and strategy.runs_evaluation:
-                    losses = estimate_loss(fwd_model, data, cfg, device, autocast)
-                    last_eval = {"train_loss": losses["train"], "val_loss": losses["val"],
-                                 "val_bpb": bits_per_byte(losses["val"], data.val_bytes_per_token)}
-                    eval_record = {"kind": "eval", "step": step, **last_eval}
-                    sample = sample_text(model, data, cfg, device)
-                    if sample is not None:
-                        eval_record["sample"] = sample
-                    history.append(eval_record)
-                    if log is not None:
-                        log.write(eval_record)
-                        bar.write(f"step {step}: train {losses['train']:.4f} | val {losses['val']:.4f} | "
-                                  f"val bpb {last_eval['val_bpb']:.4f}")
-                        if sample is not None:
-                            bar.write("  样例：" + sample.replace("\n", "\n        ")[:600])
+                if step % cfg.eval_interval == 0 or step == cfg.max_iters:
+                    # 所有 rank 都进入 eval_models（流水线并行在这里把各段权重收到 rank 0），只有 runs_evaluation 的 rank 评估
+                    with strategy.eval_models(model, fwd_model) as (loss_model, sample_model):
+                        if strategy.runs_evaluation:
+                            last_eval = evaluate(loss_model, sample_model, data, cfg, device, autocast, step, history,
+                                                 log, bar)
 
                 callback_stop = bool(on_step and on_step(step, record))  # 先调回调：它可能正是发信号的那一方
                 stop_requested = strategy.stop_requested(callback_stop or stop.requested)
@@ -768,6 +777,27 @@ def train(cfg: TrainConfig, *, model: torch.nn.Module | None = None, optimizer: 
         wall_s=time.perf_counter() - t_start, num_params=n_params, run_dir=run_dir, checkpoint_dir=ckpt_dir,
         interrupted=interrupted, history=history)
     return result
+
+
+def evaluate(loss_model: torch.nn.Module, sample_model: torch.nn.Module, data: LMData, cfg: TrainConfig,
+             device: torch.device, autocast: Callable[[], contextlib.AbstractContextManager], step: int,
+             history: list[dict[str, Any]], log: MetricsLog | None, bar: Any) -> dict[str, float]:
+    """一次评估：train / val loss、bits/byte 与样例；记进 history，主进程写日志。返回 last_eval。"""
+    losses = estimate_loss(loss_model, data, cfg, device, autocast)
+    last_eval = {"train_loss": losses["train"], "val_loss": losses["val"],
+                 "val_bpb": bits_per_byte(losses["val"], data.val_bytes_per_token)}
+    eval_record = {"kind": "eval", "step": step, **last_eval}
+    sample = sample_text(sample_model, data, cfg, device)
+    if sample is not None:
+        eval_record["sample"] = sample
+    history.append(eval_record)
+    if log is not None:
+        log.write(eval_record)
+        bar.write(f"step {step}: train {losses['train']:.4f} | val {losses['val']:.4f} | "
+                  f"val bpb {last_eval['val_bpb']:.4f}")
+        if sample is not None:
+            bar.write("  样例：" + sample.replace("\n", "\n        ")[:600])
+    return last_eval
 
 
 def _check_parts(model: Any, optimizer: Any, scheduler: Any, strategy: Any) -> None:

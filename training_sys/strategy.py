@@ -4,12 +4,15 @@
 单卡用默认的 `SingleDevice`（每个钩子都是最直接的单进程写法）。心里的模型是 torch DDP 与 picotron：
 
     DDP(model)                     → wrap_model：前向走包装后的模型，反向时它按桶 all-reduce 梯度
+    for mb in micro_batches: ...   → forward_backward：一步的前向 + 反向；默认是梯度累积（pretrain.accumulate_step），
+                                     流水线并行换成 1F1B / GPipe 调度，上下文并行先把每条序列切给各 rank
     with ddp.no_sync(): ...        → no_sync：梯度累积时，前 K-1 个 micro-batch 只在本地累加，最后一个才同步
     loss.backward()                → backward：DeepSpeed / fp16 loss scaling 会换成自己的 backward
     dist.all_reduce(tokens)        → global_tokens / reduce_loss：日志里的 loss 与 token 数是全体 rank 的
     clip_grad_norm_(...)           → clip_grad_norm：ZeRO-2/3、FSDP 的梯度是切片，范数要先各算平方和再 all-reduce
     if rank == 0: save / log       → is_main_process / runs_evaluation：谁写文件、谁打印、谁做评估
     FSDP.state_dict_type(FULL)     → full_state / load_full_state：checkpoint 存的总是完整（未切分）的权重与优化器状态
+    评估前把权重收齐               → eval_models：流水线并行的每个 rank 只训练自己那一段，评估前要先把各段收到 rank 0
 
 为什么不把这些写成循环里的 `if distributed:`？因为每多一种并行（DDP、ZeRO-1/2、FSDP、TP、PP），这样的分支就多一套，
 循环很快变成没人敢改的样子；picotron 也是"每种并行一个包装器，训练循环只有一份"。新的并行方式在
@@ -22,7 +25,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -53,6 +56,13 @@ class TrainStrategy(Protocol):
     def runs_evaluation(self) -> bool: ...
 
     def wrap_model(self, model: nn.Module) -> nn.Module: ...
+
+    def forward_backward(self, model: nn.Module, micro_batches: Sequence[tuple[torch.Tensor, torch.Tensor]], *,
+                         autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+                         sync_model: nn.Module | None = None) -> torch.Tensor: ...
+
+    def eval_models(self, model: nn.Module, fwd_model: nn.Module
+                    ) -> contextlib.AbstractContextManager[tuple[nn.Module, nn.Module]]: ...
 
     def no_sync(self, model: nn.Module, last_micro_batch: bool) -> contextlib.AbstractContextManager: ...
 
@@ -121,6 +131,31 @@ class SingleDevice:
         包装器会给参数名加前缀（DDP 的 "module."），checkpoint 必须存成不带前缀的 HF 名字。
         """
         return model
+
+    def forward_backward(self, model: nn.Module, micro_batches: Sequence[tuple[torch.Tensor, torch.Tensor]], *,
+                         autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+                         sync_model: nn.Module | None = None) -> torch.Tensor:
+        """一步训练的前向 + 反向：梯度累加进 .grad，返回本 rank 的这一步 loss（0-d，已 detach，交给 reduce_loss）。
+
+        默认就是梯度累积 `training_sys.pretrain.accumulate_step`（按有效 token 数归一化，K 个 micro-batch 依次前向、反向），
+        它在每个 micro-batch 上调用本策略的 global_tokens / no_sync / backward 钩子，所以 DDP / ZeRO / FSDP / TP 不必覆盖它。
+        为什么仍是钩子：流水线并行的一步不是"K 次完整的前向 + 反向"，而是各段按 1F1B / GPipe 调度交错执行、彼此收发激活；
+        上下文并行要先把每条序列切成本 rank 的那几块、换上 ring attention。两者都只换掉这一处，循环不变。
+        model：前向用的模型（wrap_model 之后、可能 torch.compile 过）；sync_model：交给 no_sync 的包装模型。
+        """
+        from training_sys.pretrain import accumulate_step  # 唯一的实现在训练循环旁边；这里延迟导入，免得循环导入
+
+        return accumulate_step(model, micro_batches, self, autocast, sync_model=sync_model)
+
+    @contextlib.contextmanager
+    def eval_models(self, model: nn.Module, fwd_model: nn.Module) -> Iterator[tuple[nn.Module, nn.Module]]:
+        """评估时所有 rank 都进入；产出 (估计 loss 用的模型, 生成样例用的模型)，只有 runs_evaluation 的 rank 用它们。
+
+        默认：loss 用前向的模型 fwd_model（可能编译过），样例用原始模型（生成时序列每步变长，编译版会反复重编译；
+        包装器也不该参与生成）。为什么是钩子：流水线并行里每个 rank 只更新自己那一段，别的段在本 rank 上是旧的——
+        评估前要先把各段的权重收到 rank 0（集合通信，所以所有 rank 都要进来）。
+        """
+        yield fwd_model, model
 
     def no_sync(self, model: nn.Module, last_micro_batch: bool) -> contextlib.AbstractContextManager:
         """包住一个 micro-batch 的前向与反向；last_micro_batch=False 时应当不做梯度同步。

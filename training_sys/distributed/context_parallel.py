@@ -49,6 +49,19 @@ MLP、RMSNorm、投影都是逐 token 的，切开后各算各的、不用通信
 6. GQA：k/v 只有 H_kv < H 个头时，环上传的是没有展开的 K/V（通信量省 H/H_kv 倍），到本地算块时才按
    repeat_interleave 展开（HF 的约定：第 j 个 kv 头服务 q 头 j·g .. (j+1)·g−1），dK/dV 再按组求和收回。
 
+7. 接进训练循环（`ContextParallelStrategy`，`torchrun ... -m training_sys.pretrain --parallel cp`）
+   每个 rank 抽同一个全局 batch，各取每条序列的 zigzag 两块（`split_sequence`，dim=1），position_ids = 这两块的真实位置
+   （RoPE 要的是 token 在整条序列里的位置，不是本地下标）。模型的注意力在训练步内换成注册表里的 "ring" 后端
+   （`ring_attention_backend(group)`：一个带着 CP 通信组的闭包，`model_lab.register_attention_backend` 注册；
+   模型不 import 它），其余的层逐 token 计算，本地算就对。
+   - loss 归一化：每个 rank 只有 n_r 个 target，分母是整组的 N = Σ_r n_r（`global_tokens` 在 CP 组里 all-reduce），
+     rank r 的 loss = Σ_{t∈r} ℓ_t / N，整组加起来正是整条序列的平均 loss（`reduce_loss` 用 SUM，不是平均）。
+   - 梯度：各 rank 的权重是同一份（像 DDP 一样的副本）。rank r 的参数梯度 = 经过本 rank 激活的那部分贡献——
+     其中也包括别的 rank 的 loss 通过 ring attention 的 dK/dV 传回来的部分——所以整条序列的梯度是各 rank 梯度之**和**：
+     反向之后在 CP 组里 all-reduce SUM（不除以 cp：除以 cp 的话等于把 loss 缩小了 cp 倍）。
+   - 评估与样例：权重是副本，rank 0 直接在整条序列上用原来的注意力（sdpa）评估、生成，与单进程相同；
+     训练步之外 attn_implementation 恢复原值。真正的长上下文（整条序列放不进一张卡）要连评估也走 ring。
+
 与 PyTorch 对照：`torch.distributed.tensor.experimental.context_parallel` 也是 ring attention，但它只接管 CUDA 的
 flash / efficient / cuDNN 注意力算子，CPU 上用不了；它的 `_HeadTailLoadBalancer` 就是这里的 zigzag 切法（测试逐个位置核对），
 数值则以整条序列上的 `F.scaled_dot_product_attention`（单进程的真值）为准：输出与 dq/dk/dv 在 fp32 下误差 < 1e-5。
@@ -57,19 +70,24 @@ flash / efficient / cuDNN 注意力算子，CPU 上用不了；它的 `_HeadTail
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch import nn
 from torch.autograd.function import once_differentiable
 
-from training_sys.distributed.launch import spawn
+from training_sys.distributed.launch import DistributedError, spawn
+from training_sys.strategy import SingleDevice
 from utils.io import is_smoke
 from utils.torch_playground import setup_seed
 
-__all__ = ["LAYOUTS", "RingWork", "chunk_ids", "merge_sequence", "planned_work", "ring_attention", "split_sequence"]
+__all__ = ["LAYOUTS", "RING_BACKEND", "ContextParallelStrategy", "RingWork", "chunk_ids", "merge_sequence",
+           "planned_work", "ring_attention", "ring_attention_backend", "split_sequence"]
 
 LAYOUTS = ("zigzag", "contiguous")
 
@@ -160,8 +178,8 @@ def planned_work(cp: int, layout: str = "zigzag", causal: bool = True) -> list[i
     return work
 
 
-def _positions(ids: tuple[int, int], sel: range, c: int) -> torch.Tensor:
-    return torch.cat([torch.arange(ids[i] * c, (ids[i] + 1) * c) for i in sel])
+def _positions(ids: tuple[int, int], sel: range, c: int, device: torch.device) -> torch.Tensor:
+    return torch.cat([torch.arange(ids[i] * c, (ids[i] + 1) * c, device=device) for i in sel])
 
 
 def _expand(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -202,7 +220,7 @@ class _RingAttention(torch.autograd.Function):
         q_ids = chunk_ids(ring.rank, ring.size, layout)
         qf = q.float()
         out = torch.zeros_like(qf)                                       # (B, H, T_local, D)，fp32 累加
-        lse = torch.full(q.shape[:3], -math.inf, dtype=torch.float32)    # (B, H, T_local)
+        lse = torch.full(q.shape[:3], -math.inf, dtype=torch.float32, device=q.device)  # (B, H, T_local)
         kv = torch.stack([k, v])                                         # (2, B, H_kv, T_local, D)：一条消息传两个
         for step in range(ring.size):
             if step < ring.size - 1:
@@ -216,7 +234,7 @@ class _RingAttention(torch.autograd.Function):
                 kb, vb = (_expand(t[:, :, s].float(), groups) for t in kv)
                 scores = qf[:, :, r] @ kb.transpose(-1, -2) * scale      # (B, H, rows·c, cols·c)
                 if plan[2]:
-                    mask = _positions(kv_ids, cols, c)[None, :] <= _positions(q_ids, rows, c)[:, None]
+                    mask = _positions(kv_ids, cols, c, q.device)[None, :] <= _positions(q_ids, rows, c, q.device)[:, None]
                     scores = scores.masked_fill(~mask, -math.inf)
                 blk_lse = torch.logsumexp(scores, dim=-1)                # 块内的 log 配分函数
                 blk_out = torch.exp(scores - blk_lse[..., None]) @ vb    # 块内归一化的输出
@@ -246,7 +264,7 @@ class _RingAttention(torch.autograd.Function):
         delta = (do * out).sum(-1)                                       # δ_i = dO_i · o_i
         dq = torch.zeros_like(qf)
         kv = torch.stack([k, v])
-        dkv = torch.zeros(kv.shape, dtype=torch.float32)                 # 跟着 kv 转的 dK/dV 累加器，起初属于自己的块
+        dkv = torch.zeros(kv.shape, dtype=torch.float32, device=q.device)  # 跟着 kv 转的 dK/dV 累加器，起初属于自己的块
         for step in range(ring.size):
             if step < ring.size - 1:
                 next_kv, reqs = ring.shift(kv)
@@ -259,7 +277,7 @@ class _RingAttention(torch.autograd.Function):
                 scores = qf[:, :, r] @ kb.transpose(-1, -2) * scale
                 p = torch.exp(scores - lse[:, :, r, None])               # 全局 lse：p 就是整行 softmax 的这一段
                 if plan[2]:
-                    mask = _positions(kv_ids, cols, c)[None, :] <= _positions(q_ids, rows, c)[:, None]
+                    mask = _positions(kv_ids, cols, c, q.device)[None, :] <= _positions(q_ids, rows, c, q.device)[:, None]
                     p = p.masked_fill(~mask, 0.0)
                 dp = do[:, :, r] @ vb.transpose(-1, -2)
                 ds = p * (dp - delta[:, :, r, None])
@@ -311,6 +329,128 @@ def ring_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group: dis
     group = group if group is not None else dist.group.WORLD
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
     return _RingAttention.apply(q, k, v, group, causal, scale, layout, work)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 训练循环的策略：--parallel cp
+
+RING_BACKEND = "ring"  # 注册表里的名字：训练步内模型的 attn_implementation 换成它
+
+
+def ring_attention_backend(group: dist.ProcessGroup | None = None, layout: str = "zigzag") -> Callable[..., torch.Tensor]:
+    """把 ring_attention 包成注意力后端的稠密接口 fn(q, k, v, *, is_causal, attn_mask, scale, dropout_p)；CP 组由闭包带进去。
+
+    模型在没有 KV cache、没有 padding 时调用它，is_causal=True（T_local > 1）；ring attention 的因果按**全局位置**判断，
+    不用掩码张量。带 attn_mask（padding / KV cache 前缀）或 dropout 的调用不属于上下文并行的训练，直接报错而不是算错。
+    """
+    _check_layout(layout)
+
+    def ring_backend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, is_causal: bool,
+                     attn_mask: torch.Tensor | None, scale: float, dropout_p: float = 0.0) -> torch.Tensor:
+        if attn_mask is not None:
+            raise ValueError("ring 注意力后端不接受 attn_mask（padding 或 KV cache 前缀）：上下文并行只用于没有 padding 的训练步；"
+                             "评估与生成请用 attn_implementation=\"sdpa\"")
+        if dropout_p:
+            raise ValueError(f"ring 注意力后端不支持 dropout（dropout_p={dropout_p}）：各 rank 的随机掩码无法与单进程对齐")
+        return ring_attention(q, k, v, group, causal=is_causal, scale=scale, layout=layout)
+
+    return ring_backend
+
+
+class ContextParallelStrategy(SingleDevice):
+    """纯上下文并行的 TrainStrategy：world_size 个 rank 组成一个 CP 组，各持一份完整权重，每条序列切给全组（见模块说明第 7 点）。"""
+
+    def __init__(self, layout: str = "zigzag") -> None:
+        _check_layout(layout)
+        if not dist.is_initialized():
+            raise DistributedError("ContextParallelStrategy 需要先建好默认进程组：torchrun 下调用 "
+                                   "training_sys.distributed.init_from_env()，课程 / 测试里用 training_sys.distributed.spawn(...) 启动")
+        self.layout = layout
+        self.group = dist.group.WORLD
+        self.rank, self.cp = dist.get_rank(), dist.get_world_size()
+        self.device = torch.device("cpu")
+        self._config = None
+        self._params: list[nn.Parameter] = []
+
+    @property
+    def is_main_process(self) -> bool:
+        return self.rank == 0
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        """广播 rank 0 的初始权重（各 rank 是副本），把 ring 后端注册进模型的注意力注册表。"""
+        from model_lab import register_attention_backend
+        from training_sys.distributed.ddp import broadcast_parameters
+
+        config = getattr(model, "config", None)
+        if not isinstance(getattr(config, "attn_implementation", None), str):
+            raise TypeError(f"--parallel cp 要换掉模型的注意力：模型需要 config.attn_implementation（model_lab 的 Llama / GPT2），"
+                            f"{type(model).__name__} 没有")
+        broadcast_parameters(model)
+        register_attention_backend(RING_BACKEND, ring_attention_backend(self.group, self.layout))
+        self._config, self._params = config, [p for p in model.parameters() if p.requires_grad]
+        self.device = next(model.parameters()).device
+        return model
+
+    def local_batch(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """整条序列的 (x, y)（B, T）→ 本 rank 的 (x, y, position_ids)：每条序列的 zigzag 两块与它们的真实位置。"""
+        t = x.size(1)
+        if t % (2 * self.cp):
+            raise ValueError(f"--parallel cp：序列长度 block_size={t} 不能被 2·cp = {2 * self.cp} 整除"
+                             f"（每条序列切成 2·cp 个等长小块，每个 rank 拿两块）；把 --block-size 改成 {2 * self.cp} 的倍数")
+        positions = split_sequence(torch.arange(t, device=x.device), self.cp, self.rank, self.layout, dim=0)
+        return (split_sequence(x, self.cp, self.rank, self.layout, dim=1),
+                split_sequence(y, self.cp, self.rank, self.layout, dim=1), positions)
+
+    def forward_backward(self, model: nn.Module, micro_batches: Sequence[tuple[torch.Tensor, torch.Tensor]], *,
+                         autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+                         sync_model: nn.Module | None = None) -> torch.Tensor:
+        """切序列 → 训练步内换上 ring 注意力 → 同一个 accumulate_step（global_tokens 在组内求和）→ 梯度在组内求和。"""
+        from training_sys.pretrain import accumulate_step
+
+        if self._config is None:
+            raise RuntimeError("ContextParallelStrategy 还没有 prepare_model：先调用 prepare_model(model)")
+        local = [self.local_batch(x, y) for x, y in micro_batches]
+        positions = local[0][2]  # 每个 micro-batch 的 T 相同，位置也相同
+
+        def forward(x: torch.Tensor, y: torch.Tensor):
+            return model(x, y, position_ids=positions)
+
+        original = self._config.attn_implementation
+        self._config.attn_implementation = RING_BACKEND
+        try:
+            loss = accumulate_step(forward, [(x, y) for x, y, _ in local], self, autocast, sync_model=sync_model)
+        finally:
+            self._config.attn_implementation = original  # 评估、生成、保存都用原来的注意力
+        self._sum_gradients()
+        return loss
+
+    @torch.no_grad()
+    def _sum_gradients(self) -> None:
+        """各 rank 的梯度拼成一块 all-reduce SUM 再拆回去：一次通信，而不是每个参数一次（见 ddp.py 的延迟分析）。"""
+        grads = [p.grad for p in self._params if p.grad is not None]
+        if self.cp == 1 or not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat, group=self.group)
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+    def global_tokens(self, local_tokens: int) -> int:
+        t = torch.tensor([local_tokens], dtype=torch.int64, device=self.device)
+        dist.all_reduce(t, group=self.group)
+        return int(t.item())
+
+    def reduce_loss(self, loss: torch.Tensor) -> float:
+        t = loss.detach().float().reshape(1).to(self.device)
+        dist.all_reduce(t, group=self.group)  # SUM：每个 rank 的 loss 已经除以整组的 N
+        return t.item()
+
+    def stop_requested(self, local: bool) -> bool:
+        t = torch.tensor([int(bool(local))], dtype=torch.int64, device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.group)
+        return bool(t.item())
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@
     torchrun --nnodes 2 --node-rank K --rdzv-backend c10d --rdzv-endpoint HOST:PORT \\
              --nproc_per_node N -m training_sys.pretrain --parallel ddp                   # 多机
 
-每种并行的类放在自己的文件里（ddp.py、zero.py、fsdp.py、tensor_parallel.py），这里只在用到时才 import：
+每种并行的类放在自己的文件里（ddp.py、zero.py、fsdp.py、tensor_parallel.py、pipeline_parallel.py、context_parallel.py），这里只在用到时才 import：
 `--parallel none` 的单卡训练不必加载任何分布式代码，某个文件缺了也只影响用它的那个名字，并给出清楚的报错。
 
 为什么要核对配置：torchrun 在每个进程里各自解析一遍命令行。多机时每台机器各敲一遍命令，一处不同
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+from collections.abc import Mapping
 from typing import Any
 
 import torch.distributed as dist
@@ -24,7 +25,7 @@ import torch.distributed as dist
 from training_sys.distributed.launch import DistributedError, init_from_env
 from training_sys.strategy import SingleDevice, TrainStrategy
 
-__all__ = ["PARALLEL_CHOICES", "build_strategy", "check_same_config"]
+__all__ = ["PARALLEL_CHOICES", "PP_SCHEDULES", "build_strategy", "check_same_config"]
 
 # 名字 → (模块, 类名, 构造参数)
 _STRATEGIES: dict[str, tuple[str, str, dict[str, Any]]] = {
@@ -33,13 +34,22 @@ _STRATEGIES: dict[str, tuple[str, str, dict[str, Any]]] = {
     "zero2": ("training_sys.distributed.zero", "ZeroStrategy", {"stage": 2}),
     "fsdp": ("training_sys.distributed.fsdp", "FSDPStrategy", {}),
     "tp": ("training_sys.distributed.tensor_parallel", "TensorParallelStrategy", {}),
+    "pp": ("training_sys.distributed.pipeline_parallel", "PipelineStrategy", {}),
+    "cp": ("training_sys.distributed.context_parallel", "ContextParallelStrategy", {}),
 }
 PARALLEL_CHOICES = ("none", *_STRATEGIES)
+PP_SCHEDULES = ("1f1b", "gpipe")
+# 名字 → {TrainConfig 的字段: 构造参数名}：只把与这种并行有关的配置交给它；值为 None（没给）的字段不传，用类的默认值
+_OPTIONS: dict[str, dict[str, str]] = {
+    "tp": {"tp_size": "tp_size"},
+    "pp": {"pp_schedule": "schedule"},
+}
 
 
-def build_strategy(name: str) -> TrainStrategy:
+def build_strategy(name: str, config: Mapping[str, Any] | None = None) -> TrainStrategy:
     """none → SingleDevice()；其余名字：先按需 import 对应的类，再用 torchrun 的环境变量建进程组，最后构造策略。
 
+    config：TrainConfig.to_dict()（或其中几项）；与这种并行有关的字段（tp 的 tp_size、pp 的 pp_schedule）作为构造参数传给策略。
     不是由 torchrun 启动 → DistributedError（带 torchrun 的用法）；对应的文件或类不存在 → DistributedError 指名缺了什么。
     """
     if name not in PARALLEL_CHOICES:
@@ -47,6 +57,9 @@ def build_strategy(name: str) -> TrainStrategy:
     if name == "none":
         return SingleDevice()
     module_name, class_name, kwargs = _STRATEGIES[name]
+    config = config or {}
+    kwargs = {**kwargs, **{arg: config[key] for key, arg in _OPTIONS.get(name, {}).items()
+                           if config.get(key) is not None}}
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:

@@ -42,6 +42,20 @@
    t_b = 2·t_f 的理想时长与跨阶段依赖（F 要等前一段的 F、B 要等后一段的 B）回放成时间轴——
    2 核共享的机器上墙钟时间噪声太大，回放的时间轴只反映调度本身；量出的气泡比例与上面的公式相同（测试核对）。
 
+7. 接进训练循环（`PipelineStrategy`，`torchrun ... -m training_sys.pretrain --parallel pp [--pp-schedule gpipe]`）：
+   每个 rank 仍建出完整的 Llama（同一个种子，权重相同），再按 rank 号取出自己那一段；训练循环的 `model` 与优化器都还是
+   完整模型——别的段的参数永远拿不到梯度，AdamW / Muon 跳过 grad 为 None 的参数，所以每个 rank 实际只更新自己那段，
+   而优化器 state_dict 的参数编号天然与单进程相同（checkpoint 的优化器状态直接拼起来就是单进程格式）。
+   - 一步 = `forward_backward` 钩子：循环抽出的 grad_accum 个 micro-batch 就是流水线的 m 个 micro-batch，
+     分母 N = 这一步全部 micro-batch 的有效 token 数（各 rank 看同一份数据，各自数得出），与 accumulate_step 相同。
+   - loss：只有最后一段算得出；其余段返回 0，`reduce_loss` 用 all-reduce SUM 把它带给每个 rank（发散检查与日志一致）。
+   - 裁剪：总范数² = Σ_段 ‖g_段‖²（每个参数只属于一段），各段求平方和后 all-reduce SUM，所有段用同一个系数。
+   - 评估与样例：选"收齐"而不是"流水线前向"。评估前各段把自己的权重点对点发给 rank 0，装进 rank 0 的完整模型，
+     由 rank 0 照单进程的方式评估和生成样例（生成一个 token 就要走一遍流水线，p 个 rank 大多在等）。代价是 rank 0
+     要放得下整个模型——这里每个 rank 本来就建了完整模型；真正的大模型放不下时，评估也要走流水线（Megatron 的 forward_only）。
+   - checkpoint：同样先收齐权重，优化器状态用 gather_object 收到 rank 0 再合并（各段的参数编号互不相交），
+     于是仍是一个 HF 目录 + 单进程格式的优化器状态；续训时每个 rank 装入完整权重，优化器只留自己那段的状态。
+
 与 PyTorch 的对照：`torch.distributed.pipelining` 的 `PipelineStage` + `ScheduleGPipe` / `Schedule1F1B`
 包装同一个 `LlamaStage`，梯度相同（main 与测试都核对）。真正的框架还会：只在本 rank 上实例化自己那一段
 （meta 设备上建模型再只加载本段权重），以及交错调度（每个 rank 多段、气泡再除以段数）、零气泡调度（把反向拆成
@@ -50,9 +64,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -61,10 +77,11 @@ from torch import Tensor, nn
 
 from model_lab import Llama
 from model_lab.attention_backends import make_attention_mask
+from training_sys.strategy import SingleDevice
 from utils.io import atomic_path, is_smoke, output_path
 
-__all__ = ["LlamaStage", "PipelineStepResult", "bubble_fraction", "gpipe_step", "one_f_one_b_step",
-           "plot_schedules", "replay_timeline"]
+__all__ = ["SCHEDULES", "LlamaStage", "PipelineStepResult", "PipelineStrategy", "bubble_fraction", "gpipe_step",
+           "one_f_one_b_step", "plot_schedules", "replay_timeline"]
 
 IGNORE_INDEX = -100
 # 激活与梯度走同一对 rank，用不同的 tag 区分：两边贴出 isend / irecv 的先后不同也不会把激活当成梯度收下
@@ -313,6 +330,142 @@ def one_f_one_b_step(stage: LlamaStage, micro_batches: Sequence[tuple[Tensor, Te
     for k in range(steady, m):
         run.send_backward(run.backward(k, run.recv_backward()))
     return run.result()
+
+
+# ---------------------------------------------------------------------------------------------------
+# 训练循环的策略：--parallel pp
+# ---------------------------------------------------------------------------------------------------
+
+SCHEDULES = {"1f1b": one_f_one_b_step, "gpipe": gpipe_step}
+
+
+class PipelineStrategy(SingleDevice):
+    """纯流水线并行的 TrainStrategy：world_size 个 rank = world_size 段，rank r 是第 r 段，各 rank 看同一份数据。
+
+    schedule：1f1b（默认）或 gpipe。见模块说明第 7 点。
+    """
+
+    def __init__(self, schedule: str = "1f1b") -> None:
+        if schedule not in SCHEDULES:
+            raise ValueError(f"schedule={schedule!r} 未知；可选 {tuple(SCHEDULES)}")
+        if not dist.is_initialized():
+            raise RuntimeError("PipelineStrategy 需要先建好默认进程组：torchrun 下调用 training_sys.distributed.init_from_env()，"
+                               "课程 / 测试里用 training_sys.distributed.spawn(...) 启动")
+        self.schedule = schedule
+        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        self.stage: LlamaStage | None = None
+        self.device = torch.device("cpu")
+        self._stage_names: list[list[str]] = []
+
+    @property
+    def is_main_process(self) -> bool:
+        return self.rank == 0
+
+    def _stage(self) -> LlamaStage:
+        if self.stage is None:
+            raise RuntimeError("PipelineStrategy 还没有 prepare_model：先调用 prepare_model(model) 切分模型")
+        return self.stage
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        """切出本 rank 的那一段；返回完整模型本身（优化器建在它上面，参数编号与单进程相同，见模块说明第 7 点）。"""
+        if not isinstance(model, Llama):
+            raise TypeError(f"--parallel pp 按层切分 model_lab 的 Llama，收到 {type(model).__name__}")
+        try:
+            self._stage_names = [[n for n, _ in LlamaStage(model, s, self.world_size).named_parameters()]
+                                 for s in range(self.world_size)]
+        except ValueError as e:
+            raise ValueError(f"--parallel pp 有 {self.world_size} 个 rank（每个 rank 一段）：{e}") from None
+        self.stage = LlamaStage(model, self.rank, self.world_size)
+        self.device = next(model.parameters()).device
+        from training_sys.distributed.ddp import broadcast_parameters
+
+        broadcast_parameters(model)  # 各 rank 从 rank 0 的同一份初始权重出发（同一个种子本来就相同；外面传来的模型未必）
+        return model
+
+    def forward_backward(self, model: nn.Module, micro_batches: Sequence[tuple[Tensor, Tensor]], *,
+                         autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+                         sync_model: nn.Module | None = None) -> Tensor:
+        """一步 = 一次 1F1B / GPipe 调度（model 与 sync_model 不用：计算走本 rank 的 LlamaStage）。
+
+        返回：最后一段是 token 加权的平均 loss，其余段是 0——reduce_loss 的 SUM 因而恰好是那个 loss。
+        """
+        with autocast():
+            result = SCHEDULES[self.schedule](self._stage(), micro_batches)
+        return result.loss if result.loss is not None else torch.zeros((), device=self.device)
+
+    def reduce_loss(self, loss: Tensor) -> float:
+        t = loss.detach().float().reshape(1).to(self.device)
+        dist.all_reduce(t)
+        return t.item()
+
+    def stop_requested(self, local: bool) -> bool:
+        t = torch.tensor([int(bool(local))], dtype=torch.int64, device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
+    @torch.no_grad()
+    def clip_grad_norm(self, model: nn.Module, max_norm: float) -> Tensor:
+        """‖g‖² = Σ_段 ‖g_段‖²：本段的平方和 all-reduce SUM 后开根号，所有段按同一个系数缩放（与单进程的整体裁剪相同）。"""
+        if max_norm < 0:
+            raise ValueError(f"max_norm={max_norm} 不能是负数（LLM 预训练常用 1.0）")
+        grads = [p.grad for p in self._stage().parameters() if p.grad is not None]
+        sq = torch.zeros(1, device=self.device)
+        for g in grads:
+            sq += torch.linalg.vector_norm(g.float()) ** 2
+        dist.all_reduce(sq)
+        total = sq[0].sqrt()
+        clip_coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+        for g in grads:
+            g.mul_(clip_coef.to(g.dtype))
+        return total
+
+    def _gather_weights(self, model: nn.Module) -> None:
+        """各段把自己的参数逐个发给 rank 0，直接收进 rank 0 完整模型里对应的参数（名字两边都知道，不用打包）。"""
+        params = dict(model.named_parameters())
+        for s in range(1, self.world_size):
+            if self.rank not in (0, s):
+                continue
+            for name in self._stage_names[s]:
+                if self.rank == 0:
+                    dist.recv(params[name].data, src=s)
+                else:
+                    dist.send(params[name].data, dst=0)
+
+    def _own_indices(self, optimizer: torch.optim.Optimizer) -> set[int]:
+        """优化器 state_dict 里属于本段参数的编号（编号 = 各参数组的参数依次排开的序号，torch 的约定）。"""
+        own = {id(p) for p in self._stage().parameters()}
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        return {i for i, p in enumerate(params) if id(p) in own}
+
+    @contextlib.contextmanager
+    def eval_models(self, model: nn.Module, fwd_model: nn.Module) -> Iterator[tuple[nn.Module, nn.Module]]:
+        """评估前把各段收到 rank 0：rank 0 的完整模型此刻与单进程的相同，由它评估、生成样例（runs_evaluation 只有 rank 0）。"""
+        self._gather_weights(model)
+        yield model, model
+
+    @contextlib.contextmanager
+    def full_state(self, model: nn.Module, optimizer: torch.optim.Optimizer
+                   ) -> Iterator[tuple[nn.Module, dict[str, Any]]]:
+        """rank 0 产出完整权重的模型与合并后的单进程格式优化器状态；其余 rank 产出的是不完整的（它们不写文件）。"""
+        self._gather_weights(model)
+        state = optimizer.state_dict()
+        own = self._own_indices(optimizer)
+        mine = {i: st for i, st in state["state"].items() if i in own}
+        parts: list[Any] | None = [None] * self.world_size if self.rank == 0 else None
+        dist.gather_object(mine, parts, dst=0)
+        if parts is not None:
+            merged = {i: st for part in parts for i, st in part.items()}
+            state = {"state": dict(sorted(merged.items())), "param_groups": state["param_groups"]}
+        yield model, state
+
+    def load_full_state(self, model: nn.Module, optimizer: torch.optim.Optimizer,
+                        model_state: dict[str, Tensor], optimizer_state: dict[str, Any], strict: bool) -> None:
+        """每个 rank 装入完整权重（完整模型在每个 rank 上都有）；优化器只留本段参数的状态——
+        别的段的状态留着不但占内存，下次保存时还会和那一段的主人重复。"""
+        model.load_state_dict(model_state, strict=strict)
+        own = self._own_indices(optimizer)
+        optimizer.load_state_dict({"state": {i: st for i, st in optimizer_state["state"].items() if i in own},
+                                   "param_groups": optimizer_state["param_groups"]})
 
 
 # ---------------------------------------------------------------------------------------------------

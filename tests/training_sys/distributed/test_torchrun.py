@@ -158,5 +158,5 @@ def test_missing_strategy_module_is_named(monkeypatch):
     monkeypatch.setitem(parallel._STRATEGIES, "tp", ("training_sys.distributed.ddp", "NoSuchStrategy", {}))
     with pytest.raises(DistributedError, match="ddp.NoSuchStrategy"):
         parallel.build_strategy("tp")
-    assert parallel.PARALLEL_CHOICES == ("none", "ddp", "zero1", "zero2", "fsdp", "tp")
+    assert parallel.PARALLEL_CHOICES == ("none", "ddp", "zero1", "zero2", "fsdp", "tp", "pp", "cp")
     assert type(parallel.build_strategy("none")).__name__ == "SingleDevice"
