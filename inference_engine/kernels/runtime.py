@@ -21,8 +21,8 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import triton  # noqa: E402  （必须在上面设好环境变量之后）
-import triton.language as tl  # noqa: E402
+import triton  # （必须在上面设好环境变量之后）
+import triton.language as tl
 
 __all__ = ["INTERPRET", "KERNEL_DEVICE", "check_tensor", "tl", "triton"]
 
