@@ -343,8 +343,10 @@ def main() -> None:
     print(f"分块矩阵乘（Triton）vs torch.matmul —— {mode}")
     dev = KERNEL_DEVICE
     worst = 0.0
+    # GPU 上 K 不超过 ~1000：fp32 点积的舍入误差 ≈ u·K 随 K 线性增长，而输出的量级 rms(C) = √K 只按 √K 增长，
+    # 两种求和顺序之差相对 rms(C) 约 u·√K，K = 4096 时最大元素处已接近 1e-5 的预算
     shapes = [(129, 67, 255), (1, 1, 1)] if (is_smoke() or INTERPRET) else [(129, 67, 255), (1000, 1000, 1000),
-                                                                            (4096, 4096, 4096)]
+                                                                            (333, 2048, 511)]
     for m, n, k in shapes:
         a, b = torch.randn(m, k, device=dev), torch.randn(k, n, device=dev)
         ref = torch.matmul(a, b)

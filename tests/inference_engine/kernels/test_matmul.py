@@ -84,6 +84,19 @@ def test_strided_inputs_read_in_place(layout, monkeypatch):
     _assert_matmul_close(out, torch.matmul(a, b))
 
 
+def test_masks_never_let_memory_outside_the_view_in():
+    """A、B 是更大的 NaN 缓冲里的视图：边缘块若多读了一列/一行（哪怕另一侧被掩成 0，0·NaN = NaN），结果就会出现 NaN。"""
+    m, n, k = 37, 45, 70
+    a_buf = torch.full((m + 3, k + 5), float("nan"), device=DEV)
+    b_buf = torch.full((k + 5, n + 3), float("nan"), device=DEV)
+    a_buf[:m, :k] = torch.randn(m, k, device=DEV)
+    b_buf[:k, :n] = torch.randn(k, n, device=DEV)
+    a, b = a_buf[:m, :k], b_buf[:k, :n]
+    out = matmul(a, b)
+    assert torch.isfinite(out).all()
+    _assert_matmul_close(out, torch.matmul(a, b))
+
+
 def test_batched_input_and_gradients_match_torch():
     """3 维 a (B, T, K) 摊平成行；dA = dC·Bᵀ、dB = Aᵀ·dC 用同一个内核，对照 autograd 的 torch.matmul（1e-4）。"""
     a = torch.randn(2, 9, 40, device=DEV, requires_grad=True)
@@ -206,11 +219,10 @@ def test_triton_linear_bad_input():
 @requires_cuda
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_low_precision_error_within_twice_torch(dtype):
-    """1024³ 低精度：内核对 fp64 参考的误差 ≤ 2 × cuBLAS 在同一低精度下的误差（+ 一点绝对余量）；前向与梯度都测。"""
-    a32 = torch.randn(1024, 1024, device="cuda", dtype=torch.float64)
-    b32 = torch.randn(1024, 1024, device="cuda", dtype=torch.float64)
-    a, b = a32.to(dtype), b32.to(dtype)
-    ref = a.double() @ b.double()  # 参考用低精度输入本身算：只比较累加与输出舍入带来的误差
+    """1024³ 低精度：内核对高精度参考的误差 ≤ 2 × cuBLAS 在同一低精度下的误差（+ 一点绝对余量）；前向与梯度都测。"""
+    a = torch.randn(1024, 1024, device="cuda").to(dtype)
+    b = torch.randn(1024, 1024, device="cuda").to(dtype)
+    ref = a.double() @ b.double()  # 参考用低精度输入本身在 fp64 里算：只比较累加与输出舍入带来的误差
     ours = matmul(a, b)
     assert ours.dtype == dtype
     err_ours = (ours.double() - ref).abs().max().item()
@@ -218,20 +230,23 @@ def test_low_precision_error_within_twice_torch(dtype):
     assert err_ours <= 2 * err_torch + 1e-3, (err_ours, err_torch)
 
     x = a.clone().requires_grad_()
-    w = b.t().contiguous().clone().requires_grad_()  # (out, in)
-    g = torch.randn(1024, 1024, device="cuda", dtype=dtype)
+    w = b.t().contiguous().requires_grad_()  # (out, in)
+    g = torch.randn(1024, 1024, device="cuda").to(dtype)
     dx, dw = torch.autograd.grad(triton_linear(x, w), (x, w), g)
     tdx, tdw = torch.autograd.grad(F.linear(x, w), (x, w), g)
     ref_dx, ref_dw = g.double() @ w.double(), g.double().t() @ x.double()
     for got, theirs, want in ((dx, tdx, ref_dx), (dw, tdw, ref_dw)):
-        assert (got.double() - want).abs().max().item() <= 2 * (theirs.double() - want).abs().max().item() + 1e-3
+        err_got = (got.double() - want).abs().max().item()
+        err_theirs = (theirs.double() - want).abs().max().item()
+        assert err_got <= 2 * err_theirs + 1e-3, (err_got, err_theirs)
 
 
 @requires_cuda
 def test_fp32_on_gpu_does_not_use_tf32():
-    """GPU 上 fp32 的 tl.dot 走 ieee：K = 4096 时与 fp64 参考的相对误差远小于 TF32 的 ~1e-3。"""
-    a = torch.randn(256, 4096, device="cuda")
-    b = torch.randn(4096, 256, device="cuda")
+    """GPU 上 fp32 的 tl.dot 走 ieee：K = 1024 时最大误差 / rms(C) 约 1e-5 以下（fp32 累加 ≈ u·√K），
+    TF32 输入舍入（2⁻¹¹）会给出 ~1e-3，相差两个数量级，5e-5 的门槛把两者分开。"""
+    a = torch.randn(512, 1024, device="cuda")
+    b = torch.randn(1024, 384, device="cuda")
     ref = a.double() @ b.double()
     rel = ((matmul(a, b).double() - ref).abs().max() / ref.pow(2).mean().sqrt()).item()
-    assert rel < 1e-5, rel
+    assert rel < 5e-5, rel
