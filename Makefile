@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch>=2.6
 JOBS ?= auto
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | sha256sum | cut -c1-16)
 
-.PHONY: install run test lint smoke mutants clean
+.PHONY: install run test lint smoke mutants bench-gpu clean
 
 install: $(STAMP)
 
@@ -41,6 +41,10 @@ smoke: install
 # 只跑几个：make mutants MUTANTS_ARGS='--only adamw_eps_inside_sqrt'；重构后先查清单：MUTANTS_ARGS=--check
 mutants: install
 	PYTHONPATH=. $(PY) -m tests.mutation $(MUTANTS_ARGS)
+
+# 所有内核的 GPU 基准（Triton / CUDA C vs PyTorch），H100 级 GPU 上 8 分钟以内；没有 GPU 时只打印说明
+bench-gpu: install
+	PYTHONPATH=. $(PY) benchmarks/kernels_gpu.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
