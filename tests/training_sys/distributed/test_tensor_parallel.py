@@ -488,10 +488,14 @@ def _dp_tp_worker(rank: int, world: int, data: str, out_dir: str) -> dict:
     result = train(_dp_tp_train_config(data, out_dir, PER_DP_BATCH), strategy=TensorParallelStrategy(tp_size=TP))
     out["train_ckpt"] = str(result.checkpoint_dir) if rank == 0 else None
 
+    mesh, pp_mesh = ParallelMesh(dp=2, tp=2), ParallelMesh(pp=2, tp=2)  # 所有 rank 同时建组
+    from_mesh = TensorParallelStrategy(mesh)
+    out["mesh_dp"] = (from_mesh.data_parallel_size, from_mesh.data_parallel_rank)
     errors = {}
     for key, fn in (("world", lambda: TensorParallelStrategy(tp_size=3)),
                     ("zero", lambda: TensorParallelStrategy(tp_size=0)),
-                    ("both", lambda: TensorParallelStrategy(ParallelMesh(dp=2, tp=2), tp_size=2)),
+                    ("both", lambda: TensorParallelStrategy(mesh, tp_size=2)),
+                    ("pp", lambda: TensorParallelStrategy(pp_mesh)),
                     ("heads", lambda: TensorParallelStrategy(tp_size=4).prepare_model(_llama.Llama(_config())))):
         try:
             fn()
@@ -544,6 +548,7 @@ def test_dp_x_tp_strategy_matches_single_process_on_the_global_batch(tmp_path):
         assert out["opt_keys"] == list(range(len(out["opt_keys"]))) and out["stop"] is True
         assert "world_size=4 is not divisible by tp_size=3" in out["errors"]["world"]
         assert "tp_size=0" in out["errors"]["zero"] and "只能给一个" in out["errors"]["both"]
+        assert "pp=2" in out["errors"]["pp"] and out["mesh_dp"] == out["dp"]
         assert "num_key_value_heads=2 is not divisible by tp=4" in out["errors"]["heads"]
     # 两个 dp 组的本地 token 数确实不同（否则 token 归一化没被考验）
     assert per_rank[0]["tokens"][0][0] != per_rank[2]["tokens"][0][0]
