@@ -137,6 +137,23 @@ def test_launcher_in_place_grad_equals_separate_buffer():
     torch.testing.assert_close(separate, ref_grad, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cross_entropy_low_precision_logits_compute_in_fp32(dtype):
+    """bf16/fp16 的 logits：内核升到 fp32 算，loss 等于 fp32 里对同样数值算的交叉熵（1e-5）；
+    梯度以 logits 的 dtype 写回，与 fp32 参考只差一次舍入（解释器存 bf16 是截断，也在 1 ulp 内）。"""
+    logits = (torch.randn(6, 1000, device=DEV) * 3).to(dtype).requires_grad_(True)
+    targets = _targets(6, 1000)
+    loss = cross_entropy(logits, targets)
+    (grad,) = torch.autograd.grad(loss, logits)
+    exact = logits.detach().float().requires_grad_(True)
+    ref = _ref_ce(exact, targets)
+    (ref_grad,) = torch.autograd.grad(ref, exact)
+    assert loss.dtype == torch.float32 and grad.dtype == dtype
+    torch.testing.assert_close(loss, ref, atol=1e-5, rtol=0)
+    ulp = 2.0**-7 if dtype == torch.bfloat16 else 2.0**-10
+    torch.testing.assert_close(grad.float(), ref_grad, atol=1e-7, rtol=ulp)
+
+
 @pytest.mark.parametrize("make, match", [
     (lambda: (torch.randn(3, 10), torch.tensor([0, 10, 1])), "超出词表"),
     (lambda: (torch.randn(3, 10), torch.tensor([0, -5, 1])), "超出词表"),

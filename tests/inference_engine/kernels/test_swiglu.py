@@ -66,6 +66,21 @@ def test_launchers_direct_and_non_contiguous_upstream_grad():
     torch.testing.assert_close(du, ref_u, atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_inputs_compute_in_fp32(dtype):
+    """bf16/fp16 输入：内核升到 fp32 计算、按输入 dtype 写回——与"fp32 里算再转回"只差一次舍入（≤ 1 ulp）。"""
+    gate, up = (t.detach().to(dtype) for t in _pair((3, 1000)))
+    dout = torch.randn(3, 1000, device=KERNEL_DEVICE).to(dtype)
+    out = swiglu_forward(gate, up)
+    dg, du = swiglu_backward(dout, gate, up)
+    g, u, d = gate.float(), up.float(), dout.float()
+    s = torch.sigmoid(g)
+    ulp = 2.0**-7 if dtype == torch.bfloat16 else 2.0**-10
+    for ours, exact in ((out, g * s * u), (dg, d * u * s * (1 + g * (1 - s))), (du, d * g * s)):
+        assert ours.dtype == dtype
+        torch.testing.assert_close(ours.float(), exact, atol=1e-6, rtol=ulp)
+
+
 def test_empty_input():
     gate, up = _pair((0, 5))
     out = swiglu(gate, up)
