@@ -20,8 +20,10 @@ logits 因此是整个网络里最大的单个激活：B = 8、T = 2048、V = 32
   不需要先求全行最大值（两遍），也不需要把整行放进寄存器（V = 128k 放不下）。
 - 第二遍：p_j = exp(x_j − m) / d，梯度 (p_j − [j = t]) / n_valid 直接写回——可以**就地**覆盖 logits 本身。
   既然 loss 的梯度只依赖这一行的 logits，前向时顺手算完，反向就只剩"乘上游梯度（一个标量）"。
-  PyTorch 的做法是前向存 log_softmax（N·V），反向再读它、写出梯度（又一个 N·V）；这里前向读 2 遍、写 1 遍，
-  没有第二个 N·V 的缓冲。
+  PyTorch 的做法是前向写出并保存 log_softmax（一个 N·V），反向再分配 ∂log_softmax 与 ∂logits（又两个 N·V），
+  峰值约 3 个 N·V（基准实测 3.0）；这里前向读 logits 2 遍、写梯度 1 遍，不存 log_softmax：cross_entropy 为了不毁掉
+  调用方的 logits 把梯度写进一个新缓冲（峰值 2 个 N·V，实测 2.0），linear_cross_entropy 的 logits 是自己的临时块，
+  就地覆盖（1 块）。
 - mean 归约除以的是有效 token 数 n_valid（target ≠ ignore_index 的行）；被忽略的行 loss = 0、梯度 = 0。
 
 三、分块的 lm_head + 交叉熵（linear_cross_entropy，Liger-Kernel 的做法）
