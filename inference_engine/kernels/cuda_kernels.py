@@ -32,6 +32,7 @@ g++ 编 main.cpp、nvcc 编 cuda.cu、链接成 .so，再 import 成 Python 模�
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import re
@@ -245,6 +246,11 @@ def load_cuda_kernels(verbose: bool = False):
     if not torch.cuda.is_available() and not os.environ.get("TORCH_CUDA_ARCH_LIST"):
         sm = DEFAULT_ARCH.removeprefix("sm_")
         cuda_flags.append(f"-gencode=arch=compute_{sm},code=sm_{sm}")
+    options = {}
+    # binding.cpp 自己 include <torch/extension.h>；.cu 保持纯 CUDA，不让 load_inline 往里塞 torch 头文件
+    # （no_implicit_headers 是较新的 torch 才有的参数；旧版本多 include 一次 torch 头文件，结果相同，只是编译慢些）
+    if "no_implicit_headers" in inspect.signature(load_inline).parameters:
+        options["no_implicit_headers"] = True
     try:
         _MODULE = load_inline(
             name=EXTENSION_NAME,
@@ -253,9 +259,8 @@ def load_cuda_kernels(verbose: bool = False):
             functions=list(BINDING_FUNCTIONS),
             extra_include_paths=[str(CUDA_DIR)],
             extra_cuda_cflags=cuda_flags,
-            # binding.cpp 自己 include <torch/extension.h>；.cu 保持纯 CUDA，不让 load_inline 往里塞 torch 头文件
-            no_implicit_headers=True,
             verbose=verbose,
+            **options,
         )
     except (RuntimeError, OSError, subprocess.CalledProcessError) as err:
         raise CudaKernelsUnavailableError(f"构建 CUDA 扩展失败（verbose=True 可看完整的编译命令与输出）：{err}。"
@@ -290,7 +295,7 @@ def _module_for(*tensors: torch.Tensor):
         raise CudaKernelsUnavailableError(f"不能运行 CUDA C 内核：{reason}。{FALLBACK_HINT}")
     for t in tensors:
         if t.device.type != "cuda":
-            raise ValueError(f"CUDA C 内核需要 GPU 上的张量，收到 {t.device} 上的：先 .cuda()（或用 {FALLBACK_HINT}）")
+            raise ValueError(f"CUDA C 内核需要 GPU 上的张量，收到 {t.device} 上的：先 .cuda()。{FALLBACK_HINT}")
     if len({t.device for t in tensors}) > 1:
         raise ValueError(f"输入分散在不同的设备上：{sorted({str(t.device) for t in tensors})}，请放到同一块 GPU")
     return load_cuda_kernels()

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from inference_engine.kernels import cuda_kernels as ck
 
@@ -166,7 +167,8 @@ def _cuda_include_dir() -> Path | None:
 @pytest.mark.skipif(shutil.which("g++") is None or _cuda_include_dir() is None,
                     reason="needs g++ and the CUDA headers (cuda_runtime_api.h)")
 def test_binding_compiles_against_torch_headers(tmp_path):
-    """binding.cpp 对着已安装 torch 的头文件做 C++ 语法与类型检查（-fsyntax-only：不链接，所以 CPU 版 torch 也行）。
+    """binding.cpp + pybind11 模块定义对着已安装 torch 的头文件做 C++ 语法与类型检查
+    （-fsyntax-only：不链接，所以 CPU 版 torch 也行）。
 
     CPU 版 torch 的轮子缺一个 CUDA 构建时才生成的头文件 c10/cuda/impl/cuda_cmake_macros.h；用 -idirafter 补一个
     与 CUDA 版内容相同的（只有一个宏），真的存在时优先用真的。
@@ -176,10 +178,13 @@ def test_binding_compiles_against_torch_headers(tmp_path):
     shim = tmp_path / "shim" / "c10" / "cuda" / "impl"
     shim.mkdir(parents=True)
     (shim / "cuda_cmake_macros.h").write_text("#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n")
+    # 与 load_inline 生成的 main.cpp 相同：binding.cpp 之后接 functions= 生成的 pybind11 模块定义
+    main_cpp = tmp_path / "main.cpp"
+    module_def = "\n".join(f'm.def("{fn}", torch::wrap_pybind_function({fn}), "{fn}");' for fn in ck.BINDING_FUNCTIONS)
+    main_cpp.write_text(f'#include "binding.cpp"\nPYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {{\n{module_def}\n}}\n')
     cmd = ["g++", "-std=c++20", "-fsyntax-only", "-DTORCH_EXTENSION_NAME=llm_cuda_kernels",
            *(f"-I{p}" for p in include_paths()), f"-I{sysconfig.get_paths()['include']}",
-           f"-I{_cuda_include_dir()}", f"-I{ck.CUDA_DIR}", "-idirafter", str(tmp_path / "shim"),
-           str(ck.CUDA_DIR / "binding.cpp")]
+           f"-I{_cuda_include_dir()}", f"-I{ck.CUDA_DIR}", "-idirafter", str(tmp_path / "shim"), str(main_cpp)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
 
@@ -374,7 +379,7 @@ def test_flash_attention_forward_matches_sdpa(shape, causal):
     assert out.shape == q.shape
     ref = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), is_causal=causal)
     assert _max_err(out, ref) < 1e-5
-    with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
+    with sdpa_kernel(SDPBackend.MATH):
         torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, is_causal=causal), atol=1e-5, rtol=1e-5)
 
 
