@@ -291,7 +291,7 @@ def gpipe_step(stage: LlamaStage, micro_batches: Sequence[tuple[Tensor, Tensor]]
     token_denominator：loss 的分母，默认这些 micro-batch 里的有效 token 数 N。与数据并行组合时传
     "全体数据并行 rank 的有效 token 数 / data_parallel_size"（与 accumulate_step 的 denom 相同），DP 对梯度求平均后恰好是 1/N。
     形状与 accumulate_step 相同（模型、一步的 micro-batch 列表 → 梯度累加进 .grad、返回 loss），
-    接进训练循环只需一个 `forward_backward(model, micro_batches)` 策略钩子来调用它。
+    所以训练循环经策略钩子 `PipelineStrategy.forward_backward` 直接调用它（--pp-schedule gpipe）。
     两个阶段都是单向的（前向只向后发、反向只向前发），逐个阻塞地收发就不会死锁。
     """
     run = _StepRunner(stage, micro_batches, token_denominator)

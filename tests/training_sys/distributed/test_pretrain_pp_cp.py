@@ -4,6 +4,8 @@
   每步 loss 与单进程用同一个全局 batch 训练的相差 ≤ 1e-5；评估（val loss、样例）与单进程相同；checkpoint 是一个
   HF 目录（流水线：各段权重收到 rank 0），优化器状态是单进程格式、与单进程的逐项 allclose。
 - 流水线中断后续训（同样的 2 个 rank）：每步 loss 与最后的权重都与不中断的那次逐位相同。
+- 上下文并行的一步在 target 带 -100、两个 rank 有效 token 数不同（有的 micro-batch 在某个 rank 上一个也没有）时，
+  loss 与梯度仍等于单进程在整条序列上的梯度累积（分母是整组的 token 数，梯度在组内求和）。
 - GPipe 调度经 `train(cfg, strategy=PipelineStrategy("gpipe"))` 走同一个循环（spawn 的 2 个进程，省掉 torchrun 的启动），
   与单进程相同；层数不整除段数、段数多于层数、序列长不被 2·cp 整除：清楚的 ValueError。
 - `TrainConfig` 的 pp_schedule / tp_size 经 build_strategy 传给策略的构造参数。
@@ -11,6 +13,7 @@
 
 from __future__ import annotations
 
+import copy
 import shutil
 from pathlib import Path
 
@@ -102,6 +105,8 @@ def _spawned(rank: int, world: int, out_dir: str) -> dict:
     from model_lab import Llama, LlamaConfig
     from training_sys.distributed.context_parallel import ContextParallelStrategy
     from training_sys.distributed.pipeline_parallel import PipelineStrategy
+    from training_sys.pretrain import accumulate_step
+    from utils.torch_playground import setup_seed
 
     out: dict = {}
     cfg = TrainConfig(**{**TINY, **EXTRA, "sample_tokens": 0}, batch_size=PER_RANK_BATCH, out_dir=out_dir)
@@ -112,10 +117,25 @@ def _spawned(rank: int, world: int, out_dir: str) -> dict:
                                                                num_hidden_layers=layers, num_attention_heads=2)))
         except ValueError as e:
             out[f"layers{layers}"] = str(e)
+    # 上下文并行的 token 归一化：target 里的 -100 让两个 rank 的有效 token 数不同（rank 0 拿小块 0、3，rank 1 拿 1、2），
+    # 第二个 micro-batch 在 rank 0 上一个有效 token 也没有；loss 与梯度仍要等于单进程在整条序列上的梯度累积
+    setup_seed(0)
+    model = Llama(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=16))
+    ref = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(3)
+    micro = []
+    for masked in (slice(0, 5), slice(0, 4)):
+        x = torch.randint(0, 32, (2, 16), generator=gen)
+        y = torch.randint(0, 32, (2, 16), generator=gen)
+        y[:, masked] = -100
+        micro.append((x, y))
+    micro[1][1][:, 12:] = -100  # 第二个 micro-batch 只剩小块 1、2 里的 token：全在 rank 1 上
     strategy = ContextParallelStrategy()
-    model = Llama(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                              num_attention_heads=2))
     strategy.prepare_model(model)
+    out["cp_loss"] = strategy.reduce_loss(strategy.forward_backward(model, micro))
+    out["ref_loss"] = accumulate_step(ref, micro).item()
+    out["cp_grad_err"] = max((p.grad - q.grad).abs().max().item() for p, q in zip(model.parameters(), ref.parameters()))
     x = torch.randint(0, 32, (2, 6))
     try:
         strategy.forward_backward(model, [(x, x)])
@@ -135,6 +155,7 @@ def test_gpipe_through_the_loop_and_bad_shapes(runs, tmp_path):
     for out in per_rank:
         assert "--parallel pp 有 2 个 rank" in out["layers3"] and "不能被 num_stages=2 整除" in out["layers3"]
         assert "num_stages=2 > num_hidden_layers=1" in out["layers1"]
+        assert abs(out["cp_loss"] - out["ref_loss"]) <= 1e-6 and out["cp_grad_err"] <= 1e-6, out
         assert "block_size=6 不能被 2·cp = 4 整除" in out["cp_block"]
         assert out["attn_after"] == "sdpa"  # 训练步之外仍是原来的注意力
 
