@@ -15,15 +15,21 @@
 generate 对模型的要求（两个模型都满足）：`make_kv_cache(batch_size, max_seq_len)` 返回 model_lab.kv_cache.KVCache；
 `forward_hidden(input_ids, position_ids, kv_cache, attention_mask)` 是不做输入检查的主干前向，返回最后的隐状态
 (B, T, C)（写完缓存后前进位置）；`lm_head` 把隐状态映射成 logits。
+缓存从哪来可以换：`cache_factory(batch_size, max_seq_len)` 返回任何 KVCache 的子类（例如
+inference_engine.quantization.kv_cache 的 int8 QuantizedKVCache），不传时就是 model.make_kv_cache。
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
-__all__ = ["apply_top_k", "apply_top_p", "check_max_new_tokens", "generate", "generation_position_ids", "process_logits", "sample_next_token",
-           "validate_sampling_args"]
+from model_lab.kv_cache import KVCache
+
+__all__ = ["apply_top_k", "apply_top_p", "check_max_new_tokens", "generate", "generation_position_ids",
+           "make_generation_cache", "process_logits", "sample_next_token", "validate_sampling_args"]
 
 
 def validate_sampling_args(temperature: float, top_k: int | None, top_p: float | None) -> None:
@@ -118,11 +124,34 @@ def generation_position_ids(attention_mask: Tensor | None, length: int, device: 
     return (attention_mask.cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
 
 
+def make_generation_cache(model: nn.Module, batch_size: int, max_seq_len: int,
+                          cache_factory: Callable[[int, int], KVCache] | None = None) -> KVCache:
+    """generate 用的稠密缓存：默认 model.make_kv_cache；给了 cache_factory 就用它造，并在解码开始前核对
+    （类型、批大小、容量、是否为空、层数/KV 头数/head_dim 与模型一致），而不是在某一层的写入里报形状错误。"""
+    if cache_factory is None:
+        return model.make_kv_cache(batch_size, max_seq_len)
+    cache = cache_factory(batch_size, max_seq_len)
+    if not isinstance(cache, KVCache):
+        raise ValueError(f"cache_factory 返回了 {type(cache).__name__}，应为 model_lab.KVCache（或它的子类）："
+                         "generate 按 (B, T) 批量逐步解码，分页缓存属于推理引擎")
+    ref = model.make_kv_cache(batch_size, 1)  # 只为读出模型要求的形状（1 个位置，几乎不占内存）
+    bad = [f"{k}={getattr(cache, k)}（模型需要 {getattr(ref, k)}）"
+           for k in ("num_layers", "batch_size", "num_kv_heads", "head_dim") if getattr(cache, k) != getattr(ref, k)]
+    if cache.max_seq_len < max_seq_len:
+        bad.append(f"max_seq_len={cache.max_seq_len}（需要 ≥ 输入 + max_new_tokens = {max_seq_len}）")
+    if cache.seq_len != 0:
+        bad.append(f"seq_len={cache.seq_len}（需要一个空缓存）")
+    if bad:
+        raise ValueError(f"cache_factory({batch_size}, {max_seq_len}) 返回的缓存不合用：{'；'.join(bad)}；"
+                         "让它按传入的 (batch_size, max_seq_len) 与模型的配置新建一个空缓存")
+    return cache
+
+
 @torch.no_grad()
 def generate(model: nn.Module, input_ids: Tensor, max_new_tokens: int, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, *, generator: torch.Generator | None = None,
              eos_token_id: int | None = None, attention_mask: Tensor | None = None, use_cache: bool = True,
-             pad_token_id: int | None = None) -> Tensor:
+             pad_token_id: int | None = None, cache_factory: Callable[[int, int], KVCache] | None = None) -> Tensor:
     """自回归生成，返回 (B, T + 生成的长度)。模型的 generate 检查完自己的输入（id 范围、最大长度）后调用它。
 
     use_cache=True：先整段 prefill 写入 KV cache，之后每步只喂 1 个 token；False：每步重算整个序列（慢，用于对照）。
@@ -130,10 +159,14 @@ def generate(model: nn.Module, input_ids: Tensor, max_new_tokens: int, temperatu
     temperature=0 为贪心（与 HF 的 do_sample=False 相同）。
     eos_token_id：某行生成 eos 后，之后填 pad_token_id（没有则填 eos）；所有行都结束就提前停止。
     attention_mask：左侧 padding 的批量生成（(B, T) 的 0/1），位置编号见 generation_position_ids。
+    cache_factory：(batch_size, max_seq_len) -> 空的 KVCache（子类也行，例如量化的 KV cache）；None = model.make_kv_cache。
     调用前请 model.eval()，否则 dropout 会让生成结果随机。
     """
     validate_sampling_args(temperature, top_k, top_p)
     check_max_new_tokens(max_new_tokens)
+    if cache_factory is not None and not use_cache:
+        raise ValueError("cache_factory 只在 use_cache=True 时有用：use_cache=False 每步重算整个序列、不用缓存；"
+                         "去掉 cache_factory 或设 use_cache=True")
     b, t = input_ids.shape
     if attention_mask is not None and tuple(attention_mask.shape) != (b, t):
         raise ValueError(f"attention_mask 形状应为 (B, T) = {(b, t)}（1 = 真实 token，0 = 左侧 padding），"
@@ -142,7 +175,7 @@ def generate(model: nn.Module, input_ids: Tensor, max_new_tokens: int, temperatu
         return input_ids
     pad_id = pad_token_id if pad_token_id is not None else eos_token_id
     mask = None if attention_mask is None else attention_mask.to(device=input_ids.device, dtype=torch.long)
-    cache = model.make_kv_cache(b, t + max_new_tokens) if use_cache else None
+    cache = make_generation_cache(model, b, t + max_new_tokens, cache_factory) if use_cache else None
     seq, new_ids = input_ids, input_ids
     finished = torch.zeros(b, dtype=torch.bool, device=input_ids.device)
     for _ in range(max_new_tokens):

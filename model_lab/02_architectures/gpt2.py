@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -481,7 +482,7 @@ class GPT2(nn.Module):
     def generate(self, input_ids: Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
                  top_p: float | None = None, *, generator: torch.Generator | None = None,
                  eos_token_id: int | None = None, attention_mask: Tensor | None = None,
-                 use_cache: bool = True) -> Tensor:
+                 use_cache: bool = True, cache_factory: Callable[[int, int], KVCache] | None = None) -> Tensor:
         """自回归生成：返回 (B, T + 生成的长度)，前 T 个就是 input_ids。循环在 model_lab.generation.generate（与 Llama 共用）。
 
         先对整个 prompt 做一次前向（prefill）填满 KV cache，之后每步只喂 1 个新 token（decode）。
@@ -489,13 +490,15 @@ class GPT2(nn.Module):
         重新计算，但那样 KV cache 就整个作废了；这里选择直接报错，让调用方自己决定怎么截断）。
         eos_token_id：某行生成 eos 后，之后填 eos；attention_mask：左侧 padding 的批量生成，位置编号与 HF 的
         GPT-2 generate 相同（从第一个真实 token 记 0）。调用前请 model.eval()，否则 dropout 会让生成结果随机。
+        cache_factory：(batch_size, max_seq_len) -> 空的 KVCache（例如量化的 KV cache），None = make_kv_cache。
         """
         check_max_new_tokens(max_new_tokens)
         self._check_input_ids(input_ids)
         T = input_ids.size(1)
         self._check_length_and_vocab(input_ids, T + max_new_tokens, f"prompt 长度 {T} + max_new_tokens {max_new_tokens}")
         return generate(self, input_ids, max_new_tokens, temperature, top_k, top_p, generator=generator,
-                        eos_token_id=eos_token_id, attention_mask=attention_mask, use_cache=use_cache)
+                        eos_token_id=eos_token_id, attention_mask=attention_mask, use_cache=use_cache,
+                        cache_factory=cache_factory)
 
     # ---- 与 Hugging Face 目录互相读写（model_lab/hf_io.py） ----
     @classmethod

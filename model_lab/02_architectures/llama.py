@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -677,12 +678,13 @@ class Llama(nn.Module):
     def generate(self, input_ids: Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
                  top_p: float | None = None, *, generator: torch.Generator | None = None,
                  eos_token_id: int | None = None, attention_mask: Tensor | None = None,
-                 use_cache: bool = True) -> Tensor:
+                 use_cache: bool = True, cache_factory: Callable[[int, int], KVCache] | None = None) -> Tensor:
         """自回归生成，返回 (B, T + 生成的长度)；循环本身在 model_lab.generation.generate（与 GPT-2 共用）。
 
         temperature=0 为贪心（与 HF 的 do_sample=False 相同）。use_cache=False 每步重算整个序列（慢，用于对照）。
         eos_token_id：某行生成 eos 后，之后填 config.pad_token_id（没有则填 eos）；所有行都结束就提前停止。
         attention_mask：左侧 padding 的批量生成（(B, T) 的 0/1），位置编号按 HF 的规则从第一个真实 token 记 0。
+        cache_factory：(batch_size, max_seq_len) -> 空的 KVCache（例如量化的 KV cache），None = make_kv_cache。
         """
         check_max_new_tokens(max_new_tokens)
         self._check_input_ids(input_ids)
@@ -690,7 +692,7 @@ class Llama(nn.Module):
         self._check_length_and_vocab(input_ids, t + max_new_tokens, f"输入 {t} + 生成 {max_new_tokens}")
         return generate(self, input_ids, max_new_tokens, temperature, top_k, top_p, generator=generator,
                         eos_token_id=eos_token_id, attention_mask=attention_mask, use_cache=use_cache,
-                        pad_token_id=self.config.pad_token_id)
+                        pad_token_id=self.config.pad_token_id, cache_factory=cache_factory)
 
     # ---- 与 HF 目录互通（model_lab/hf_io.py） ----
     def save_pretrained(self, save_dir: str | os.PathLike) -> Path:
