@@ -80,6 +80,9 @@ IGNORE_INDEX = -100  # 目标里这个值的位置不计 loss（模型契约：n
 # ---------------------------------------------------------------------------
 # 1. 配置
 # ---------------------------------------------------------------------------
+KERNEL_CHOICES = ("torch", "triton")
+
+
 def _opt(default: Any, help: str) -> Any:
     """一个带说明的配置字段：help 既是代码里的注释，也是 `--help` 里这个参数的说明（单一来源，不会两处说法不一）。"""
     return field(default=default, metadata={"help": help})
@@ -112,8 +115,11 @@ class TrainConfig:
                                                "参数量与 4·n_embd 的 GELU MLP 相当")
     rope_theta: float = _opt(10000.0, "RoPE 的基频 θ：越大，最慢的那组旋转周期越长，能区分的距离越远")
     tie_embeddings: bool = _opt(False, "lm_head 与输入嵌入共用同一个矩阵（省 vocab_size × n_embd 个参数）")
-    attn_implementation: str = _opt("sdpa", "注意力实现：model_lab 注意力注册表里的名字，sdpa（PyTorch 融合算子）"
-                                            "或 eager（手写），以及之后注册进来的内核")
+    attn_implementation: str = _opt("sdpa", "注意力实现：model_lab 注意力注册表里的名字，sdpa（PyTorch 融合算子）、"
+                                            "eager（手写）或 triton_flash（Triton FlashAttention-2）")
+    kernels: str = _opt("torch", f"RMSNorm / RoPE / SwiGLU / lm_head+交叉熵的实现，可选 {'、'.join(KERNEL_CHOICES)}："
+                                 "triton = inference_engine/kernels 的 Triton 内核（没有 GPU 时在解释器里跑，很慢，只用来验证），"
+                                 "同时把默认的注意力 sdpa 换成 triton_flash")
     # 批与步数
     block_size: int = _opt(64, "上下文长度：每个训练样本的 token 数 T")
     batch_size: int = _opt(12, "每个 micro-batch 的序列数 B")
@@ -162,7 +168,7 @@ class TrainConfig:
     # 要接着训练"同一个东西"，rank 数得与原来相同
     RESUME_MAY_DIFFER = ("resume", "overwrite", "compile", "eval_interval", "eval_iters", "sample_tokens",
                          "checkpoint_interval", "keep_checkpoints", "progress", "run", "out_dir", "device", "threads",
-                         "parallel", "pp_schedule", "tp_size")
+                         "parallel", "pp_schedule", "tp_size", "kernels")
 
     def __post_init__(self) -> None:
         # 简写换成正式名字（bf16 → bfloat16）：写进 config.json 与续训时比较的都是同一个名字
@@ -233,6 +239,8 @@ class TrainConfig:
             raise ValueError(f"threads={self.threads} 必须是正整数（或不给，用 PyTorch 的默认值）")
         if self.parallel not in PARALLEL_CHOICES:
             raise ValueError(f"parallel={self.parallel!r} 未知；可选 {PARALLEL_CHOICES}")
+        if self.kernels not in KERNEL_CHOICES:
+            raise ValueError(f"kernels={self.kernels!r} 未知；可选 {KERNEL_CHOICES}")
         if self.pp_schedule not in PP_SCHEDULES:
             raise ValueError(f"pp_schedule={self.pp_schedule!r} 未知；可选 {PP_SCHEDULES}")
         if self.tp_size is not None:
@@ -299,15 +307,27 @@ def resolve_vocab_size(cfg: TrainConfig, data: LMData) -> int:
     return cfg.vocab_size
 
 
+def model_backends(cfg: TrainConfig) -> tuple[str, str]:
+    """(attn_implementation, kernels)：--kernels triton 时注册 Triton 内核（import inference_engine.backends），
+    并把默认的注意力 sdpa 换成 triton_flash；显式给的其他注意力（eager）保持不变。"""
+    attn = cfg.attn_implementation
+    if cfg.kernels == "triton" or attn == "triton_flash":
+        import inference_engine.backends  # noqa: F401  （导入即注册 triton_flash 与 triton）
+        if cfg.kernels == "triton" and attn == "sdpa":
+            attn = "triton_flash"
+    return attn, cfg.kernels
+
+
 def build_model(cfg: TrainConfig, vocab_size: int):
     from model_lab import Llama, LlamaConfig
 
+    attn_implementation, kernels = model_backends(cfg)
     config = LlamaConfig(
         vocab_size=vocab_size, hidden_size=cfg.n_embd,
         intermediate_size=cfg.intermediate_size or swiglu_hidden(cfg.n_embd),
         num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head, num_key_value_heads=cfg.n_kv_head,
         max_position_embeddings=cfg.block_size, rope_theta=cfg.rope_theta,
-        tie_word_embeddings=cfg.tie_embeddings, attn_implementation=cfg.attn_implementation,
+        tie_word_embeddings=cfg.tie_embeddings, attn_implementation=attn_implementation, kernels=kernels,
         bos_token_id=None, eos_token_id=None,
     )
     return Llama(config)
@@ -591,7 +611,9 @@ def accumulate_step(fwd_model: torch.nn.Module, micro_batches: Sequence[tuple[to
             else:
                 # 没有有效 token 的 micro-batch：平均 loss 是 0/0 = NaN，它的贡献应当是 0。仍然做一次梯度为 0 的反向：
                 # 数据并行要求每个 rank 的每个 micro-batch 都反向，最后一个还要触发梯度同步
-                weighted = logits.float().sum() * 0.0
+                # 融合的 lm_head + 交叉熵（kernels="triton"）不返回 logits：对 loss 本身乘 0。它的值是 0/0 = NaN，
+                # nan_to_num 的反向把梯度按"输入是否有限"置零，内核里存的梯度本来就是 0：结果仍是全 0 的梯度
+                weighted = (logits.float().sum() if logits is not None else loss.nan_to_num(0.0)) * 0.0
             strategy.backward(weighted)
         step_loss = weighted.detach() if step_loss is None else step_loss + weighted.detach()
     return step_loss

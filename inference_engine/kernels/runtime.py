@@ -27,6 +27,35 @@ import triton.language as tl
 __all__ = ["INTERPRET", "KERNEL_DEVICE", "check_tensor", "tl", "triton"]
 
 INTERPRET: bool = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _repair_interpreter() -> int:
+    """triton.language 早于本文件被导入（环境变量那时还没设）时，把它的标准库函数换成解释器版本；返回换了几个。
+
+    为什么会发生：PyTorch 自己的一些算子（torch._native 里的 Triton 实现）在第一次用到时会 import triton——
+    比如同一个进程里先跑过一次普通训练。那时 TRITON_INTERPRET 还没设，`triton.language.standard` 里
+    `@jit` 修饰的 tl.sum、tl.max、tl.cdiv……就成了要编译给 GPU 的 JITFunction；解释器执行我们的内核、遇到
+    它们时会报"Cannot call @triton.jit'd outside of the scope of a kernel"。内核在运行时才按名字去 tl 模块里
+    查这些函数，所以把模块属性换成 InterpretedFunction 就够了（与一开始就设好环境变量时 @jit 给出的对象相同）。
+    """
+    import sys
+
+    from triton.runtime.interpreter import InterpretedFunction
+    from triton.runtime.jit import JITFunction
+
+    replaced = 0
+    for name, module in list(sys.modules.items()):
+        if module is None or not (name == "triton.language" or name.startswith("triton.language.")):
+            continue
+        for attr, value in list(vars(module).items()):
+            if isinstance(value, JITFunction):
+                setattr(module, attr, InterpretedFunction(value.fn))
+                replaced += 1
+    return replaced
+
+
+if INTERPRET:
+    _repair_interpreter()
 # 解释器模式下内核读写 CPU 内存；否则读写当前 GPU
 KERNEL_DEVICE: torch.device = torch.device("cpu") if INTERPRET else torch.device("cuda")
 
