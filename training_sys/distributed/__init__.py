@@ -49,6 +49,9 @@ _EXPORTS = {
     "one_f_one_b_step": "training_sys.distributed.pipeline_parallel",
     "plot_schedules": "training_sys.distributed.pipeline_parallel",
     "replay_timeline": "training_sys.distributed.pipeline_parallel",
+    "PipelineStrategy": "training_sys.distributed.pipeline_parallel",
+    "ContextParallelStrategy": "training_sys.distributed.context_parallel",
+    "ring_attention_backend": "training_sys.distributed.context_parallel",
 }
 
 __getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
