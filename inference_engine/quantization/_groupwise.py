@@ -23,7 +23,6 @@ byte = q[2k] << 4 | q[2k+1]）；3 位也按 4 位存（真正的 3 位打包要
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
@@ -42,7 +41,6 @@ __all__ = [
     "quantize_with_qparams",
     "resolve_group_size",
     "rtn_groupwise",
-    "sqnr_db",
     "unpack_codes",
 ]
 
@@ -241,11 +239,3 @@ class GroupwiseQuantLinear(nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, "
                 f"group_size={self.group_size}, bias={self.bias is not None}")
-
-
-def sqnr_db(ref: Tensor, approx: Tensor) -> float:
-    """信号量化噪声比 10·log10(Σ ref² / Σ (ref − approx)²)，单位 dB（每多 1 位约 +6 dB）。"""
-    ref, approx = ref.double(), approx.double()
-    noise = (ref - approx).pow(2).sum().item()
-    signal = ref.pow(2).sum().item()
-    return math.inf if noise == 0 else 10 * math.log10(signal / noise)

@@ -89,8 +89,8 @@ from inference_engine.quantization._groupwise import (
     quantize_with_qparams,
     resolve_group_size,
     rtn_groupwise,
-    sqnr_db,
 )
+from inference_engine.quantization.basics import sqnr
 from utils.io import atomic_path, is_smoke, output_path
 from utils.torch_playground import setup_seed
 
@@ -292,7 +292,7 @@ def _rtn_weight(weight: Tensor, bits: int, group_size: int) -> Tensor:
     return dequantize_groupwise(codes, s, z, group_size)
 
 
-def _plot(rows: list[dict], path) -> None:
+def _plot(rows: list[dict], title: str, path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -306,7 +306,7 @@ def _plot(rows: list[dict], path) -> None:
         ax.bar([i + k * width for i in range(len(rows))], [r[m] for r in rows], width, label=m)
     ax.set_xticks([i + width for i in range(len(rows))], labels)
     ax.set_ylabel("output SQNR (dB, held-out tokens)")
-    ax.set_title("GPTQ vs RTN, group-wise asymmetric, toy MLP 512→2048→1024")
+    ax.set_title(title)
     ax.legend()
     fig.tight_layout()
     with atomic_path(path) as tmp:
@@ -340,13 +340,13 @@ def main() -> None:
                 g = GPTQLinear.from_float(lin, calib_inputs=batches, bits=bits, group_size=group_size)
                 seconds = time.perf_counter() - t0
                 ga = GPTQLinear.from_float(lin, calib_inputs=batches, bits=bits, group_size=group_size, act_order=True)
-                row = {"layer": name, "bits": bits, "RTN": sqnr_db(ref, rtn), "GPTQ": sqnr_db(ref, g(xt)),
-                       "GPTQ+act_order": sqnr_db(ref, ga(xt))}
+                row = {"layer": name, "bits": bits, "RTN": sqnr(ref, rtn), "GPTQ": sqnr(ref, g(xt)),
+                       "GPTQ+act_order": sqnr(ref, ga(xt))}
                 rows.append(row)
                 print(f"{name:<5}{bits:>3}{row['RTN']:>9.2f}{row['GPTQ']:>9.2f}{row['GPTQ+act_order']:>11.2f}"
                       f"{seconds:>9.2f}")
     path = output_path("figures", "gptq_vs_rtn.png")
-    _plot(rows, path)
+    _plot(rows, f"GPTQ vs RTN, group_size={group_size}, toy MLP {d_in}→{d_hidden}→{d_out}", path)
     print(f"图：{path}")
 
 

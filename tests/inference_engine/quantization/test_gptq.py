@@ -17,9 +17,9 @@ from inference_engine.quantization._groupwise import (
     pack_codes,
     quantize_with_qparams,
     rtn_groupwise,
-    sqnr_db,
     unpack_codes,
 )
+from inference_engine.quantization.basics import sqnr
 from inference_engine.quantization.gptq import GPTQLinear, gptq_quantize, hessian_from_calibration, toy_activations
 
 
@@ -165,7 +165,7 @@ def test_toy_mlp_output_sqnr_beats_rtn():
             ref = lin(xt)
             codes, s, z = rtn_groupwise(lin.weight, 4, 128)
             rtn = F.linear(xt, dequantize_groupwise(codes, s, z, 128), lin.bias)
-            gptq_db, rtn_db = sqnr_db(ref, layer(xt)), sqnr_db(ref, rtn)
+            gptq_db, rtn_db = sqnr(ref, layer(xt)), sqnr(ref, rtn)
             assert gptq_db > 25.0, (name, gptq_db)
             assert gptq_db > rtn_db + 3.0, (name, gptq_db, rtn_db)
 
