@@ -62,12 +62,13 @@ W'[:, j] = W[:, j] · s_j。选 s 把 X 的离群通道压下去、把幅度挪�
 
 from __future__ import annotations
 
-import math
 from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from inference_engine.quantization.basics import quantize, sqnr
 
 __all__ = [
     "INT8_QMAX",
@@ -77,7 +78,7 @@ __all__ = [
     "SmoothQuantLinear",
     "int8_matmul",
     "outlier_layer",
-    "quantize_per_row_int8",
+    "quantize_per_token_int8",
     "smoothing_factor",
 ]
 
@@ -96,10 +97,11 @@ MIN_CALIB_ROWS = 16
 # ---------------------------------------------------------------------------------------------------
 
 
-def quantize_per_row_int8(x: Tensor) -> tuple[Tensor, Tensor]:
-    """(R, C) 浮点 -> (codes int8 (R, C), scale fp32 (R, 1))，每行一个对称 scale：x ≈ codes · scale。
+def quantize_per_token_int8(x: Tensor) -> tuple[Tensor, Tensor]:
+    """(M, K) 激活 -> (codes int8 (M, K), scale fp32 (M, 1))，每个 token（行）一个对称的动态 scale：x ≈ codes · scale。
 
-    激活按 token（行）、权重按输出通道（W 的行）都用它——两者都是"沿求和维 K 取最大值"。"""
+    公式与 basics.quantize(x, 8, symmetric=True, axis=0) 逐位相同（测试核对），只是省掉了它对输入的检查
+    （isfinite 要多扫一遍激活）：这一步在每次 forward 里都要跑。"""
     x = x.float()
     scale = (x.abs().amax(dim=-1, keepdim=True) / _INT8_HALF_RANGE).clamp(min=_FP32_EPS)
     codes = torch.clamp(torch.round(x * (1.0 / scale)), INT8_QMIN, INT8_QMAX).to(torch.int8)
@@ -165,6 +167,13 @@ def _check_alpha(alpha) -> float | None:
     return float(alpha)
 
 
+def _check_options(options: dict) -> dict:
+    unknown = sorted(set(options) - {"alpha"})
+    if unknown:
+        raise ValueError(f"SmoothQuantLinear 不认识选项 {unknown}：唯一的选项是 alpha（迁移强度，默认 0.5）")
+    return options
+
+
 def _check_calib(calib_inputs: Tensor | None, in_features: int) -> Tensor:
     if calib_inputs is None:
         raise ValueError("SmoothQuant 需要校准激活 calib_inputs（本层的输入，形状 (N, in_features)）来估计每个输入通道的最大值；"
@@ -208,8 +217,9 @@ class SmoothQuantLinear(nn.Module):
         self.register_buffer("bias", torch.zeros(out_features, dtype=torch.float32) if bias else None)
 
     @classmethod
-    def from_float(cls, linear: nn.Module, *, calib_inputs: Tensor | None = None,
-                   alpha: float | None = 0.5) -> SmoothQuantLinear:
+    def from_float(cls, linear: nn.Module, *, calib_inputs: Tensor | None = None, **options) -> SmoothQuantLinear:
+        """options：alpha（默认 0.5；None = 不平滑的普通 W8A8）。"""
+        alpha = _check_options(options).get("alpha", 0.5)
         if not isinstance(linear, nn.Linear):
             raise ValueError(f"SmoothQuantLinear 只能替换 nn.Linear，收到 {type(linear).__name__}；"
                              "其他模块（Embedding、LayerNorm……）请保持浮点")
@@ -220,7 +230,8 @@ class SmoothQuantLinear(nn.Module):
             if not torch.isfinite(weight).all():
                 raise ValueError("权重里有 NaN / inf，无法量化：先检查这个层的 checkpoint")
             s = smoothing_factor(calib.detach().float().abs().amax(dim=0), weight, module.alpha)  # (in,)
-            codes, scales = quantize_per_row_int8(weight * s)  # W' = W · diag(s)，按输出通道（行）量化
+            # W' = W · diag(s)，按输出通道（行，axis=0）对称量化到 int8
+            codes, scales, _ = quantize(weight * s, 8, symmetric=True, axis=0)
             module.weight_codes.copy_(codes)
             module.weight_scales.copy_(scales.squeeze(1))
             module.smooth.copy_(s)
@@ -230,7 +241,7 @@ class SmoothQuantLinear(nn.Module):
 
     @classmethod
     def empty(cls, in_features: int, out_features: int, bias: bool, **options) -> SmoothQuantLinear:
-        return cls(in_features, out_features, bias, **options)
+        return cls(in_features, out_features, bias, **_check_options(options))
 
     def options(self) -> dict:
         return {"alpha": self.alpha}
@@ -244,7 +255,7 @@ class SmoothQuantLinear(nn.Module):
             raise ValueError(f"输入最后一维应为 in_features={self.in_features}，收到形状 {tuple(x.shape)}")
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features).float() * (1.0 / self.smooth)  # X' = X / s，(M, in)
-        x_codes, x_scales = quantize_per_row_int8(x2)  # 每个 token 一个动态 scale：(M, in) int8, (M, 1)
+        x_codes, x_scales = quantize_per_token_int8(x2)  # 每个 token 一个动态 scale：(M, in) int8, (M, 1)
         acc = int8_matmul(x_codes, self.weight_codes.t())  # (M, out) int32，精确
         y = acc.float() * x_scales * self.weight_scales  # · a_t · w_o
         if self.bias is not None:
@@ -258,13 +269,6 @@ class SmoothQuantLinear(nn.Module):
 # ---------------------------------------------------------------------------------------------------
 # 4. 演示
 # ---------------------------------------------------------------------------------------------------
-
-
-def _sqnr_db(ref: Tensor, approx: Tensor) -> float:
-    """信号量化噪声比 10·log10(‖ref‖² / ‖ref − approx‖²)，单位 dB；每多 1 位约 +6 dB。"""
-    ref, approx = ref.double(), approx.double()
-    noise = (ref - approx).pow(2).sum().item()
-    return math.inf if noise == 0 else 10 * math.log10(ref.pow(2).sum().item() / noise)
 
 
 def outlier_layer(in_features: int, out_features: int, n_tokens: int, *, outlier_frac: float = 0.05,
@@ -320,9 +324,9 @@ def main() -> None:
     with torch.no_grad():
         ref = linear(test)
         print(f"SmoothQuant W8A8：{o}×{k} 的层，5% 输入通道的激活放大 20 倍；{n} 个 token 校准、另 {n} 个测试")
-        plain = _sqnr_db(ref, SmoothQuantLinear.from_float(linear, calib_inputs=calib, alpha=None)(test))
+        plain = sqnr(ref, SmoothQuantLinear.from_float(linear, calib_inputs=calib, alpha=None)(test))
         alphas = [round(0.1 * i, 1) for i in range(11)]
-        sqnrs = [_sqnr_db(ref, SmoothQuantLinear.from_float(linear, calib_inputs=calib, alpha=a)(test)) for a in alphas]
+        sqnrs = [sqnr(ref, SmoothQuantLinear.from_float(linear, calib_inputs=calib, alpha=a)(test)) for a in alphas]
         print(f"  普通 W8A8（不平滑）输出 SQNR = {plain:.2f} dB")
         print("  α     " + " ".join(f"{a:5.1f}" for a in alphas))
         print("  SQNR  " + " ".join(f"{s:5.1f}" for s in sqnrs))

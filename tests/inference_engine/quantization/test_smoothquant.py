@@ -4,26 +4,21 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 
 import pytest
 import torch
 from torch import nn
 
+from inference_engine.quantization.basics import quantize, sqnr
 from inference_engine.quantization.smoothquant import (
     MAX_INT8_MATMUL_K,
     MIN_CALIB_ROWS,
     SmoothQuantLinear,
     int8_matmul,
     outlier_layer,
-    quantize_per_row_int8,
+    quantize_per_token_int8,
     smoothing_factor,
 )
-
-
-def sqnr_db(ref: torch.Tensor, approx: torch.Tensor) -> float:
-    ref, approx = ref.double(), approx.double()
-    return 10 * math.log10(ref.pow(2).sum().item() / (ref - approx).pow(2).sum().item())
 
 
 @pytest.fixture
@@ -65,7 +60,7 @@ def test_smoothing_beats_plain_w8a8_on_outlier_channels(layer_and_data):
     linear, calib, test = layer_and_data
     with torch.no_grad():
         ref = linear(test)
-        sq = {a: sqnr_db(ref, SmoothQuantLinear.from_float(linear, calib_inputs=calib, alpha=a)(test))
+        sq = {a: sqnr(ref, SmoothQuantLinear.from_float(linear, calib_inputs=calib, alpha=a)(test))
               for a in (None, 0.0, 0.5, 1.0)}
     assert sq[0.5] > 20
     assert sq[0.5] > sq[None] + 3, sq  # 实测 ≈ 40.5 vs 33.1 dB
@@ -82,10 +77,20 @@ def test_smoothing_factor_formula():
     x_max = torch.tensor([1.0, 4.0, 100.0])
     w = torch.tensor([[0.5, -2.0, 0.1], [-1.0, 1.0, 0.05]])
     s = smoothing_factor(x_max, w, 0.5)
-    expected = torch.tensor([math.sqrt(1.0 / 1.0), math.sqrt(4.0 / 2.0), math.sqrt(100.0 / 0.1)])
+    expected = torch.tensor([1.0, 2.0, 1000.0]).sqrt()
     torch.testing.assert_close(s, expected.float(), rtol=1e-6, atol=0)
     torch.testing.assert_close(smoothing_factor(x_max, w, 1.0), x_max, rtol=1e-6, atol=0)
     assert torch.equal(smoothing_factor(x_max, w, None), torch.ones(3))
+
+
+def test_per_token_quantizer_equals_basics():
+    """激活的快速量化器与 basics.quantize(…, 8, symmetric=True, axis=0) 逐位相同（一个想法一个实现的公式）。"""
+    x = torch.randn(33, 70) * torch.logspace(-3, 2, 33)[:, None]
+    x[4] = 0  # 全零的 token：scale 被 clamp 到 eps，码全 0
+    codes, scale = quantize_per_token_int8(x)
+    ref_codes, ref_scale, ref_zero = quantize(x, 8, symmetric=True, axis=0)
+    assert torch.equal(codes, ref_codes) and torch.equal(scale, ref_scale) and (ref_zero == 0).all()
+    assert (codes[4] == 0).all()
 
 
 @pytest.mark.parametrize("impl", ["int_mm", "float64", "auto"])
@@ -118,7 +123,7 @@ def test_forward_is_exactly_the_quantized_product(layer_and_data):
     """forward = (Xq · a_t) @ (Wq · w_o)ᵀ + b：与 float64 里按同样的码与 scale 重算的结果一致（只差 fp32 舍入）。"""
     linear, calib, test = layer_and_data
     m = SmoothQuantLinear.from_float(linear, calib_inputs=calib, alpha=0.5)
-    x_codes, x_scales = quantize_per_row_int8(test * (1.0 / m.smooth))
+    x_codes, x_scales = quantize_per_token_int8(test * (1.0 / m.smooth))
     expected = (x_codes.double() * x_scales.double()) @ (m.weight_codes.double() * m.weight_scales.double()[:, None]).t()
     expected = expected + linear.bias.detach().double()
     with torch.no_grad():
@@ -187,6 +192,8 @@ def test_bad_calibration_and_options_raise():
             SmoothQuantLinear.from_float(linear, calib_inputs=good, alpha=alpha)
     with pytest.raises(ValueError, match="nn.Linear"):
         SmoothQuantLinear.from_float(nn.Conv1d(32, 16, 1), calib_inputs=good)
+    with pytest.raises(ValueError, match="group_size"):
+        SmoothQuantLinear.from_float(linear, calib_inputs=good, group_size=64)
     m = SmoothQuantLinear.from_float(linear, calib_inputs=good)
     with pytest.raises(ValueError, match="in_features=32"):
         m(torch.randn(2, 33))
