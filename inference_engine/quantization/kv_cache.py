@@ -71,12 +71,13 @@ from model_lab import KVCache
 from utils.io import is_smoke
 from utils.torch_playground import setup_seed
 
-__all__ = ["QuantizedKVCache", "dequantize_keys", "dequantize_values", "make_quantized_kv_cache",
-           "greedy_agreement", "quantize_keys_per_channel", "quantize_values_per_token", "quantized_cache_factory",
-           "teacher_forced_logits", "tiny_peaked_llama"]
+__all__ = ["CACHE_OPTIONS", "QuantizedKVCache", "dequantize_keys", "dequantize_values", "greedy_agreement",
+           "make_quantized_kv_cache", "quantize_keys_per_channel", "quantize_values_per_token",
+           "quantized_cache_factory", "teacher_forced_logits", "tiny_peaked_llama"]
 
 K_LEVELS = 255  # K：非对称 uint8，码 0..255
 V_QMAX = 127  # V：对称 int8，码 -127..127（不用 -128，让正负两边对称，0 恰好可表示）
+CACHE_OPTIONS = ("window", "group_size", "bits")  # make_quantized_kv_cache 接受的选项；形状、dtype、设备跟模型走
 
 
 def _positive_int(owner: str, name: str, value: object) -> None:
@@ -307,6 +308,10 @@ def make_quantized_kv_cache(model: nn.Module, batch_size: int, max_seq_len: int,
     形状从 model.make_kv_cache(batch_size, 1) 读出（只有 1 个位置，几乎不占内存）：Llama 与 GPT-2 的缓存布局
     都是 (B, H_kv, S, D)，于是同一个量化缓存两个模型都能用，不必知道各自的 config 字段名。
     """
+    unknown = sorted(set(options) - set(CACHE_OPTIONS))
+    if unknown:
+        raise ValueError(f"make_quantized_kv_cache 不认识选项 {unknown}：只接受 {list(CACHE_OPTIONS)}；"
+                         "层数、头数、dtype 与设备从模型读出，不用传")
     if not callable(getattr(model, "make_kv_cache", None)):
         raise ValueError(f"{type(model).__name__} 没有 make_kv_cache(batch_size, max_seq_len)：量化缓存要照着模型的"
                          "稠密 KVCache 的形状分配（Llama、GPT-2 都有）")
@@ -320,6 +325,9 @@ def make_quantized_kv_cache(model: nn.Module, batch_size: int, max_seq_len: int,
 
 def quantized_cache_factory(model: nn.Module, **options) -> Callable[[int, int], QuantizedKVCache]:
     """给 generate 的 cache_factory：`model.generate(ids, n, cache_factory=quantized_cache_factory(model, window=32))`。"""
+    unknown = sorted(set(options) - set(CACHE_OPTIONS))
+    if unknown:
+        raise ValueError(f"quantized_cache_factory 不认识选项 {unknown}：只接受 {list(CACHE_OPTIONS)}")
     QuantizedKVCache(1, 1, 1, 1, 1, **options)  # 先检查一遍选项：坏选项在调用处报错，而不是解码开始时
     return functools.partial(make_quantized_kv_cache, model, **options)
 

@@ -313,6 +313,10 @@ def test_bad_inputs(peaked_llama, prompts):
         peaked_llama(torch.cat([prompts, prompts], 1), kv_cache=small)
     with pytest.raises(ValueError, match="make_kv_cache"):
         make_quantized_kv_cache(torch.nn.Linear(2, 2), 1, 8)
+    with pytest.raises(ValueError, match="dtype"):  # 形状、dtype、设备跟着模型走，不是选项
+        make_quantized_kv_cache(peaked_llama, 1, 8, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="window"):
+        quantized_cache_factory(peaked_llama, windows=8)  # 拼错的选项名
 
 
 # ---- 5. GPU ----
