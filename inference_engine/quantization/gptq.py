@@ -187,7 +187,8 @@ def gptq_quantize(weight: Tensor, hessian: Tensor, *, bits: int = 4, group_size:
 
     u, damp = _inverse_hessian_cholesky(h, percdamp)
     codes = torch.zeros_like(w)
-    loss = 0.0
+    loss = torch.zeros((), dtype=torch.float64, device=w.device)  # 留在设备上累加：逐列 .item() 在 GPU 上每列同步一次
+    group_of = None if perm is None else (perm // gs).tolist()    # act_order：置换后第 k 列属于原始的哪一组
     for i1 in range(0, in_features, block_size):
         i2 = min(i1 + block_size, in_features)
         w1 = w[:, i1:i2].clone()           # 当前块：块内的补偿立即做
@@ -196,8 +197,7 @@ def gptq_quantize(weight: Tensor, hessian: Tensor, *, bits: int = 4, group_size:
         for i in range(i2 - i1):
             col = i1 + i
             if act_order:
-                g = perm[col].item() // gs
-                scale, zero = scales[:, g], zeros[:, g]
+                scale, zero = scales[:, group_of[col]], zeros[:, group_of[col]]
             elif col % gs == 0:
                 # 组的第一列：用此刻（已吸收补偿）的权重求这一组的参数
                 g_end = min(col + gs, in_features)
@@ -212,7 +212,7 @@ def gptq_quantize(weight: Tensor, hessian: Tensor, *, bits: int = 4, group_size:
             w_hat = scale * (q - zero)
             d = u1[i, i]
             err = (w1[:, i] - w_hat) / d
-            loss += 0.5 * err.pow(2).sum().item()                 # ΔE = (w − q)² / (2 [H_F⁻¹]_jj)
+            loss += 0.5 * err.pow(2).sum()                        # ΔE = (w − q)² / (2 [H_F⁻¹]_jj)
             w1[:, i:] -= err[:, None] * u1[i, i:][None, :]        # OBS 补偿（块内，秩 1）
             err1[:, i] = err
             codes[:, col] = q
@@ -220,7 +220,7 @@ def gptq_quantize(weight: Tensor, hessian: Tensor, *, bits: int = 4, group_size:
 
     if perm is not None:
         codes = codes[:, torch.argsort(perm)]
-    return GPTQResult(codes.to(torch.uint8), scales, zeros, loss, damp)
+    return GPTQResult(codes.to(torch.uint8), scales, zeros, loss.item(), damp)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from inference_engine.quantization.awq import (
     fake_quantize,
     salient_activations,
 )
+from tests.conftest import requires_cuda
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -136,3 +137,14 @@ def test_bad_calibration_and_options_raise_clear_errors():
         AWQLinear.from_float(lin, calib_inputs=good, group_size=40)
     with pytest.raises(ValueError, match="nn.Linear"):
         AWQLinear.from_float(nn.Conv1d(64, 16, 1), calib_inputs=good)
+
+
+@requires_cuda
+def test_cuda_layer_matches_cpu():
+    lin = nn.Linear(256, 128)
+    x, _ = salient_activations(512, 256, generator=_gen(10))
+    cpu = AWQLinear.from_float(lin, calib_inputs=x, group_size=64)
+    gpu = AWQLinear.from_float(lin.cuda(), calib_inputs=x.cuda(), group_size=64)
+    assert gpu.search.alpha == cpu.search.alpha
+    assert torch.allclose(gpu.input_scale.cpu(), cpu.input_scale, rtol=1e-5)
+    assert (gpu.codes().cpu() == cpu.codes()).float().mean() > 0.999

@@ -21,6 +21,7 @@ from inference_engine.quantization._groupwise import (
 )
 from inference_engine.quantization.basics import sqnr
 from inference_engine.quantization.gptq import GPTQLinear, gptq_quantize, hessian_from_calibration, toy_activations
+from tests.conftest import requires_cuda
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -242,3 +243,17 @@ def test_bad_calibration_and_options_raise_clear_errors():
     # 显式放宽 token 下限后，token 少于列数也能跑（靠阻尼）
     layer = GPTQLinear.from_float(lin, calib_inputs=good[:20], group_size=32, min_tokens=16)
     assert torch.isfinite(layer.dequantize()).all()
+
+
+@requires_cuda
+def test_cuda_layer_matches_cpu():
+    # 同一算法在 GPU 上（cuSOLVER 的 Cholesky、float64）：码几乎全同，输出误差与 CPU 同级
+    lin = nn.Linear(256, 128)
+    x = toy_activations(1024, 256, generator=_gen(10))
+    cpu = GPTQLinear.from_float(lin, calib_inputs=x, group_size=64, act_order=True)
+    gpu = GPTQLinear.from_float(lin.cuda(), calib_inputs=x.cuda(), group_size=64, act_order=True)
+    assert gpu.qweight.is_cuda
+    assert (gpu.codes().cpu() == cpu.codes()).float().mean() > 0.999
+    with torch.no_grad():
+        ref = lin(x.cuda()).cpu()
+        assert abs(sqnr(ref, gpu(x.cuda()).cpu()) - sqnr(ref, cpu.cuda()(x.cuda()).cpu())) < 0.1
