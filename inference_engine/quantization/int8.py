@@ -13,15 +13,17 @@
    权重从 fp32 的 4 字节变成 1 字节，要搬的字节少 4 倍（比 bf16 少 2 倍），时间也就按比例缩短——前提是内核
    直接读 int8、在寄存器里转成浮点，不在内存里物化反量化后的权重。
 4. `torch._weight_int8pack_mm(x, q, s)` 就是这样的 CPU 内核：y = (x · qᵀ) ⊙ s，q 是 (N, K) int8，s 是 (N,)，
-   s 必须与 x 同 dtype。**什么时候它划算**（AMD EPYC、AVX512-BF16、1 线程、4096×4096 实测，见
-   benchmarks/quantization_matmul.py）：
+   s 必须与 x 同 dtype。**什么时候它划算**（AMD EPYC、AVX512-BF16、1 线程、4096×4096 实测，
+   benchmarks/quantization_matmul.py 有完整的表）：
    - 激活是 bf16 且行数小（M = 1：1.5 ms，fp32 F.linear 4.3 ms、bf16 F.linear 3.6 ms）：内核有 AVX512 的 bf16 特化，
      读 1 字节/权重，是带宽瓶颈下的正解；
-   - 激活是 fp32 或 fp16：内核走通用的逐元素循环，M = 1 就要 15–18 ms，比直接用 fp32 权重还慢 3 倍多——不用它；
-   - 行数变大（prefill、大 batch）：问题从带宽瓶颈变成算力瓶颈，内核的 GEMV 式循环每多一行就多读一遍权重，
-     M = 64 时已经比"把码转成 bf16 再调 MKL/oneDNN 的 GEMM"慢——超过 KERNEL_MAX_ROWS 行就不用它。
-   其余情形走参考路径：F.linear(x, q.to(x.dtype)) · s——先矩阵乘再乘 s（第 2 点），与 torchao 的
-   Int8Tensor 在 weight-only 时的算法相同；它每次调用都把码转一遍浮点，慢，但任何设备、任何 dtype 都对。
+   - 行数变大（prefill、大 batch）：问题从带宽瓶颈变成算力瓶颈，内核的 GEMV 式循环每多一行就多读一遍权重
+     （M = 32：18.6 ms），而参考路径"把码转成 bf16 + oneDNN GEMM"几乎不随 M 变（33 ms）；M = 64 两者持平；
+   - 激活是 fp32 或 fp16：内核走通用的逐元素循环，M = 1 就要 15–21 ms、每多一行再加这么多——比直接用 fp32 权重
+     慢 3 倍以上，只在 M ≤ 2（fp32）/ M = 1（fp16）时比参考路径（每次把 1600 万个码转成浮点，33–40 ms）快。
+   所以 KERNEL_MAX_ROWS 按激活 dtype 给出用内核的最大行数；其余情形走参考路径：F.linear(x, q.to(x.dtype)) · s——
+   先矩阵乘再乘 s（第 2 点），与 torchao 的 Int8Tensor 在 weight-only 时的算法相同，任何设备、任何 dtype 都对。
+   想在 CPU 上真正变快：模型用 bf16 跑解码。
 
 数值与 torchao 的 `Int8WeightOnlyConfig`（PerRow）逐位相同：码与 scale 由 basics.quantize(w, 8, symmetric=True, axis=0)
 给出（s = amax/127.5、fp32 eps 下限、乘倒数再 round-half-even，见 basics.py）。
@@ -42,9 +44,9 @@ from utils.io import is_smoke
 __all__ = ["KERNEL_MAX_ROWS", "Int8WeightOnlyLinear", "linear_int8_kernel", "linear_int8_reference",
            "quantize_int8_weight"]
 
-# 超过这么多行（展平后的 token 数）就不用 CPU 内核：4096×4096、bf16、1 线程实测 M = 32 时内核 18.6 ms、
-# 参考路径（转 bf16 + GEMM）33.3 ms；M = 64 时两者持平（37.3 vs 36.8 ms），再大内核就输了
-KERNEL_MAX_ROWS = 32
+# CPU 内核的适用范围：激活 dtype -> 用内核的最大行数（展平后的 token 数）。4096×4096、1 线程实测的交叉点
+# （见模块说明第 4 点）：bf16 在 M = 64 与参考路径持平；fp32 在 M ≈ 3、fp16 在 M ≈ 2 就输给参考路径
+KERNEL_MAX_ROWS = {torch.bfloat16: 32, torch.float32: 2, torch.float16: 1}
 
 
 def quantize_int8_weight(weight: Tensor) -> tuple[Tensor, Tensor]:
@@ -118,7 +120,7 @@ class Int8WeightOnlyLinear(nn.Module):
     def use_kernel(self, x2d: Tensor) -> bool:
         """这次 forward 用不用 CPU 内核（条件见模块说明第 4 点）。"""
         return (_has_int8_kernel() and x2d.device.type == "cpu" and self.qweight.device.type == "cpu"
-                and x2d.dtype == torch.bfloat16 and x2d.shape[0] <= KERNEL_MAX_ROWS)
+                and x2d.shape[0] <= KERNEL_MAX_ROWS.get(x2d.dtype, 0))
 
     def forward(self, x: Tensor) -> Tensor:
         if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() == 0 or x.shape[-1] != self.in_features:
@@ -150,8 +152,8 @@ def main() -> None:
     with torch.no_grad():
         y_ref = linear(x)
         y = layer(x)
-    print(f"Linear {k}→{n}：权重 {linear.weight.numel() * 4 / 2**20:.1f} MiB (fp32) → "
-          f"{(layer.qweight.numel() + layer.scales.numel() * 4) / 2**20:.1f} MiB (int8 + scales)")
+    print(f"Linear {k}→{n}：权重 {linear.weight.numel() * 4 / 2**20:.2f} MiB (fp32) → "
+          f"{(layer.qweight.numel() + layer.scales.numel() * 4) / 2**20:.2f} MiB (int8 + scales)")
     print(f"权重 SQNR {sqnr(linear.weight, layer.dequantize()):.2f} dB，输出 SQNR（fp32 激活）{sqnr(y_ref, y):.2f} dB")
     try:
         from torchao.quantization import Int8WeightOnlyConfig, quantize_

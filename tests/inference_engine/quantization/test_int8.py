@@ -85,8 +85,8 @@ def test_bf16_input_path():
     xb = x.bfloat16()
     exact = x.bfloat16().float() @ layer.dequantize().T + linear.bias.detach()  # 同样的量化权重、同样的 bf16 输入，fp32 里算
     assert layer.use_kernel(xb) == hasattr(torch, "_weight_int8pack_mm")
-    assert not layer.use_kernel(x)  # fp32 激活：内核的通用路径比参考路径还慢，不用
-    assert not layer.use_kernel(torch.randn(KERNEL_MAX_ROWS + 1, 256).bfloat16())
+    assert not layer.use_kernel(x)  # 4 行 fp32 激活：内核的通用循环已经比参考路径慢，不用
+    assert not layer.use_kernel(torch.randn(KERNEL_MAX_ROWS[torch.bfloat16] + 1, 256).bfloat16())
     with torch.no_grad():
         y = layer(xb)
         y_ref_path = linear_int8_reference(xb, layer.qweight, layer.scales, layer.bias)
