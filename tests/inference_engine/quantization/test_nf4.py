@@ -20,6 +20,7 @@ from inference_engine.quantization.nf4 import (
     quantize_blockwise,
     unpack_4bit,
 )
+from tests.conftest import requires_cuda
 
 # QLoRA（Dettmers et al. 2023）附录 E 发布的 NF4 值，bitsandbytes 里原样硬编码
 PUBLISHED_NF4 = [
@@ -211,3 +212,21 @@ def test_bad_options_raise():
     m = NF4Linear.from_float(nn.Linear(64, 4))
     with pytest.raises(ValueError, match="in_features=64"):
         m(torch.randn(2, 65))
+
+
+@requires_cuda
+def test_cuda_quantization_equals_cpu():
+    """GPU 上量化出的字节与 absmax 与 CPU 上逐位相同（双重量化的均值是 GPU 上的归约、顺序不同，只比到 1%），前向一致。"""
+    linear = _linear(64, 256)
+    for double_quant in (False, True):
+        cpu = NF4Linear.from_float(linear, double_quant=double_quant)
+        gpu = NF4Linear.from_float(linear.cuda(), double_quant=double_quant)
+        assert torch.equal(gpu.weight_packed.cpu(), cpu.weight_packed)
+        if double_quant:
+            torch.testing.assert_close(gpu.block_absmax().cpu(), cpu.block_absmax(), rtol=1e-2, atol=0)
+        else:
+            assert torch.equal(gpu.absmax.cpu(), cpu.absmax)
+        x = torch.randn(3, 256)
+        with torch.no_grad():
+            torch.testing.assert_close(gpu(x.cuda()).cpu(), cpu(x), rtol=1e-5, atol=1e-5)
+        linear = linear.cpu()

@@ -19,6 +19,7 @@ from inference_engine.quantization.smoothquant import (
     quantize_per_token_int8,
     smoothing_factor,
 )
+from tests.conftest import requires_cuda
 
 
 @pytest.fixture
@@ -101,6 +102,11 @@ def test_int8_matmul_exact(impl):
     out = int8_matmul(a, b, impl=impl)
     assert out.dtype == torch.int32
     assert torch.equal(out.long(), a.long() @ b.long())
+    # 全正、低位随机的乘积：部分和很快超过 2^24，fp32 累加必然丢掉低位（float64 / int32 不会）
+    big_a = torch.full((2, 8192), 127, dtype=torch.int8)
+    big_b = torch.randint(100, 128, (8192, 3), dtype=torch.int8)
+    assert torch.equal(int8_matmul(big_a, big_b, impl=impl).long(), big_a.long() @ big_b.long())
+    assert not torch.equal((big_a.float() @ big_b.float()).long(), big_a.long() @ big_b.long())
     extreme = torch.full((3, 2048), -128, dtype=torch.int8)
     assert torch.equal(int8_matmul(extreme, extreme.t(), impl=impl), torch.full((3, 3), 2048 * 128 * 128,
                                                                                  dtype=torch.int32))
@@ -211,3 +217,19 @@ def test_zero_channels_do_not_produce_inf():
     with torch.no_grad():
         assert torch.isfinite(m(torch.randn(4, 16))).all()
         assert torch.isfinite(m(torch.zeros(4, 16))).all()
+
+
+@requires_cuda
+def test_cuda_int8_matmul_and_forward_match_cpu(layer_and_data):
+    """GPU：torch._int_mm 的形状限制（M > 16、K 与 N 是 8 的倍数）靠补零绕过，结果仍与 int64 参考逐位相同；
+    整个模块在 GPU 上的输出与 CPU 上的一致（整数部分精确，只差 fp32 舍入）。"""
+    a = torch.randint(-128, 128, (1, 300), dtype=torch.int8)
+    b = torch.randint(-128, 128, (45, 300), dtype=torch.int8).t()
+    for impl in ("auto", "float64"):
+        assert torch.equal(int8_matmul(a.cuda(), b.cuda(), impl=impl).cpu().long(), a.long() @ b.long())
+    linear, calib, test = layer_and_data
+    cpu = SmoothQuantLinear.from_float(linear, calib_inputs=calib)
+    gpu = SmoothQuantLinear.from_float(linear.cuda(), calib_inputs=calib.cuda())
+    assert torch.equal(gpu.weight_codes.cpu(), cpu.weight_codes)
+    with torch.no_grad():
+        torch.testing.assert_close(gpu(test.cuda()).cpu(), cpu(test), rtol=1e-6, atol=1e-5)
