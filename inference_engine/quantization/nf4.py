@@ -64,6 +64,7 @@ from torch import Tensor, nn
 __all__ = [
     "NF4Linear",
     "NF4_OFFSET",
+    "code_entropy_bits",
     "dequantize_blockwise",
     "dynamic_map_8bit",
     "nf4_codebook",
