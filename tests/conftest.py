@@ -33,6 +33,9 @@ def load_script(path: str | os.PathLike, name: str | None = None):
     name = name or "script_" + "".join(c if c.isalnum() else "_" for c in str(path.relative_to(REPO_ROOT)))
     if name in sys.modules:
         return sys.modules[name]
+    from utils.exercise_workspace import swapped_path
+
+    path = swapped_path(path)  # 练习模式（python -m utils.exercises check）：换成学习者工作区里的副本
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclass 等需要在执行期间能找到自己的模块
