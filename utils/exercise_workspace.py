@@ -230,9 +230,10 @@ _RESULTS: list[dict] = []
 
 def _failure_message(report) -> str:
     crash = getattr(report.longrepr, "reprcrash", None)
-    if crash is not None:
-        return crash.message
-    return str(report.longrepr).strip()[-2000:]
+    message = crash.message if crash is not None else str(report.longrepr).strip()[-2000:]
+    if "InterpreterError" in message:  # Triton 解释器把 kernel 里的异常包成 repr：提示的换行变成了字面的 \n
+        message = message.replace("\\n", "\n")
+    return message
 
 
 def pytest_runtest_logreport(report) -> None:
