@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from utils.io import atomic_write, data_dir, is_smoke
+from utils.lesson_cli import lesson_args
 
 DOWNLOAD_TIMEOUT_S = 60.0
 
@@ -334,4 +335,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    lesson_args(__doc__)
     main()

@@ -70,6 +70,7 @@ from training_sys.evaluation import bits_per_byte
 from training_sys.optimization import PRECISION_ALIASES, PRECISIONS, SCHEDULE_KINDS
 from training_sys.strategy import STRATEGY_HOOKS, SingleDevice, TrainStrategy
 from utils.io import atomic_path, atomic_write, is_smoke, output_path
+from utils.lesson_cli import lesson_args
 
 OPTIMIZERS = ("adamw", "muon")
 # 精度名来自 optimization.mixed_precision 的唯一名单；float16 需要动态 loss scaling，本循环不提供
@@ -895,7 +896,7 @@ def _shown_default(value: Any) -> str:
 
 
 def config_from_args(argv: list[str]) -> TrainConfig:
-    args = vars(build_parser().parse_args(argv))
+    args = vars(lesson_args(__doc__, build_parser(), argv))
     config_file = args.pop("config", None)
     base = TrainConfig.from_json(config_file).to_dict() if config_file else {}
     base.update(args)

@@ -49,6 +49,7 @@ from training_sys.pipeline import Pipeline, StageInterrupted, digest
 from training_sys.pretrain import TrainConfig, read_metrics
 from training_sys.speedrun_report import render_report
 from utils.io import atomic_path, atomic_write, checkpoints_dir, is_smoke
+from utils.lesson_cli import lesson_args
 
 SPECIAL_TOKENS = ["<|endoftext|>"]
 PATTERN = "gpt2"
@@ -428,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def options_from_args(argv: list[str]) -> Options:
-    args = vars(build_parser().parse_args(argv))
+    args = vars(lesson_args(__doc__, build_parser(), argv))
     args["preset"] = args["preset"] or ("smoke" if is_smoke() else "cpu")
     return Options(**args)
 

@@ -71,7 +71,7 @@ def _epilog(command: str, takes_options: bool) -> str:
         f"  SMOKE=1 {command}    # 缩小规模，几秒钟跑完（冒烟测试用的就是它）",
     ]
     if not takes_options:
-        lines.append("这节课没有命令行参数；完整的讲解在源文件开头的文档字符串里。")
+        lines += ["", "这节课没有命令行参数；完整的讲解在源文件开头的文档字符串里。"]
     return "\n".join(lines)
 
 

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from utils import exercises
+from utils.lesson_cli import lesson_args
 
 
 # =============================================================================
@@ -152,4 +153,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    lesson_args(__doc__)
     main()

@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 
 from utils import exercises
+from utils.lesson_cli import lesson_args
 
 
 # =============================================================================
@@ -158,4 +159,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    lesson_args(__doc__)
     main()

@@ -27,6 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from utils import exercises
+from utils.lesson_cli import lesson_args
 
 
 # =============================================================================
@@ -222,4 +223,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    lesson_args(__doc__)
     main()

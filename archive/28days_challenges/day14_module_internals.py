@@ -33,6 +33,7 @@ import torch
 import torch.nn as nn
 
 from utils import exercises
+from utils.lesson_cli import lesson_args
 
 
 # =============================================================================
@@ -205,4 +206,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    lesson_args(__doc__)
     main()

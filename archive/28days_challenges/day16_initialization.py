@@ -30,6 +30,7 @@ from torch.nn import init
 
 from utils import exercises
 from utils.io import is_smoke
+from utils.lesson_cli import lesson_args
 
 
 # =============================================================================
@@ -180,4 +181,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    lesson_args(__doc__)
     main()

@@ -30,6 +30,7 @@ import torch
 
 from utils import exercises
 from utils.io import is_smoke
+from utils.lesson_cli import lesson_args
 
 
 # =============================================================================
@@ -230,4 +231,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    lesson_args(__doc__)
     main()

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from utils import exercises
+from utils.lesson_cli import lesson_args
 
 
 # =============================================================================
@@ -197,4 +198,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    lesson_args(__doc__)
     main()

@@ -29,6 +29,7 @@ import torch.nn as nn
 from torch.utils._pytree import tree_map
 
 from utils import exercises
+from utils.lesson_cli import lesson_args
 from utils.torch_playground import DEVICE
 
 
@@ -224,4 +225,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    lesson_args(__doc__)
     main()

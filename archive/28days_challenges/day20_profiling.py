@@ -35,6 +35,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from utils import exercises
 from utils.io import is_smoke
+from utils.lesson_cli import lesson_args
 from utils.torch_playground import benchmark
 
 
@@ -205,4 +206,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    lesson_args(__doc__)
     main()

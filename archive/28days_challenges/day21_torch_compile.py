@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from utils import exercises
 from utils.io import is_smoke
+from utils.lesson_cli import lesson_args
 from utils.torch_playground import benchmark, time_block
 
 # 自检默认用 aot_eager：真正经过 Dynamo 与 AOTAutograd，却不需要 C++ 编译器，编译零点几秒；
@@ -246,4 +247,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    lesson_args(__doc__)
     main()

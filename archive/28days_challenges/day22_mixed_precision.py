@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from utils import exercises
 from utils.io import is_smoke
+from utils.lesson_cli import lesson_args
 
 # =============================================================================
 # 练习（函数体就是参考解答；想自己做，就把函数体换成 raise NotImplementedError 再运行本文件）
@@ -220,4 +221,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    lesson_args(__doc__)
     main()

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from utils import exercises
 from utils.io import is_smoke
+from utils.lesson_cli import lesson_args
 
 
 # =============================================================================
@@ -174,4 +175,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    lesson_args(__doc__)
     main()

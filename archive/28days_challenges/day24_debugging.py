@@ -35,6 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from utils import exercises
+from utils.lesson_cli import lesson_args
 
 
 # =============================================================================
@@ -255,4 +256,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    lesson_args(__doc__)
     main()

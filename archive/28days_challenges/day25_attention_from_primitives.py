@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from utils import exercises
 from utils.io import is_smoke
+from utils.lesson_cli import lesson_args
 from utils.torch_playground import benchmark
 
 
@@ -246,4 +247,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    lesson_args(__doc__)
     main()

@@ -39,6 +39,7 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from utils.io import atomic_write, is_smoke, output_path
+from utils.lesson_cli import lesson_args
 from utils.torch_playground import setup_seed, time_block
 
 SMOKE = is_smoke()
@@ -400,4 +401,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    lesson_args(__doc__)
     main()

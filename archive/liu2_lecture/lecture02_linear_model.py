@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from utils.io import is_smoke, output_path
+from utils.lesson_cli import lesson_args
 from utils.torch_playground import setup_seed
 
 SMOKE = is_smoke()
@@ -98,4 +99,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    lesson_args(__doc__)
     main()

@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 
 from utils.io import data_dir, is_smoke, output_path
+from utils.lesson_cli import lesson_args
 from utils.torch_playground import setup_seed
 
 SMOKE = is_smoke()
@@ -185,4 +186,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    lesson_args(__doc__)
     main()

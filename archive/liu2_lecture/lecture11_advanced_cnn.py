@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from utils.io import data_dir, is_smoke, output_path
+from utils.lesson_cli import lesson_args
 from utils.torch_playground import setup_seed
 
 SMOKE = is_smoke()
@@ -307,4 +308,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    lesson_args(__doc__)
     main()

@@ -27,6 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from utils.io import is_smoke, output_path
+from utils.lesson_cli import lesson_args
 from utils.torch_playground import setup_seed
 
 SMOKE = is_smoke()
@@ -192,4 +193,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    lesson_args(__doc__)
     main()

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from utils.io import data_dir, is_smoke, output_path
+from utils.lesson_cli import lesson_args
 from utils.torch_playground import setup_seed
 
 SMOKE = is_smoke()
@@ -287,4 +288,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    lesson_args(__doc__)
     main()

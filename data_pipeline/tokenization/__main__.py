@@ -36,6 +36,7 @@ from data_pipeline.tokenization.fast_train import train_bpe
 from data_pipeline.tokenization.regex_bpe import PATTERNS
 from data_pipeline.tokenization.tokenizer import Tokenizer
 from utils.io import atomic_path, atomic_write, is_smoke
+from utils.lesson_cli import lesson_args
 
 READ_BYTES = 1 << 20
 WRITE_IDS = 1 << 20
@@ -251,7 +252,7 @@ def main(argv: list[str] | None = None) -> None:
         else:
             parser.print_help()
         return
-    args = parser.parse_args(argv)
+    args = lesson_args(__doc__, parser, argv)
     if args.command == "train":
         cmd_train(args)
     else:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import time
 
 from utils.io import is_smoke
+from utils.lesson_cli import lesson_args
 
 
 def count_pairs(ids: list[int], counts: dict[tuple[int, int], int] | None = None, weight: int = 1) -> dict:
@@ -108,4 +109,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    lesson_args(__doc__)
     main()

@@ -46,6 +46,7 @@ from data_pipeline.tokenization.regex_bpe import (
     initial_vocab,
     pretoken_counts,
 )
+from utils.lesson_cli import lesson_args
 
 MAX_CHUNK_BYTES = 32 << 20  # 每块最多 32 MB：再大的文件也只是块数多，单个进程的内存不变
 SMALL_FILE_BYTES = 1 << 20  # 每个预分词进程至少分到的字节数
@@ -356,4 +357,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    lesson_args(__doc__)
     main()

@@ -26,6 +26,7 @@ from collections.abc import Iterable
 import regex
 
 from utils.io import is_smoke
+from utils.lesson_cli import lesson_args
 
 # GPT-2 的预分词 pattern：英语缩写 | 可带一个前导空格的字母串 / 数字串 / 其他符号串 | 空白。
 # `\s+(?!\S)` 让一串空白的最后一个空格留给下一个单词，于是 " world" 作为整体出现（前导空格属于单词）。
@@ -179,4 +180,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    lesson_args(__doc__)
     main()

@@ -41,6 +41,7 @@ from data_pipeline.tokenization.regex_bpe import (
     special_regex,
 )
 from utils.io import atomic_path, atomic_write
+from utils.lesson_cli import lesson_args
 
 FORMAT_NAME = "llm-hardcore-bpe"
 FORMAT_VERSION = 1
@@ -425,4 +426,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    lesson_args(__doc__)
     main()

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from utils.io import is_smoke, output_path
+from utils.lesson_cli import lesson_args
 from utils.torch_playground import benchmark, setup_seed
 
 
@@ -327,4 +328,5 @@ def main():
 
 
 if __name__ == "__main__":
+    lesson_args(__doc__)
     main()

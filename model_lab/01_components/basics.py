@@ -60,6 +60,7 @@ import torch
 from torch import nn
 
 from utils.io import atomic_path, is_smoke, output_path
+from utils.lesson_cli import lesson_args
 from utils.torch_playground import setup_seed
 
 INIT_SCHEMES = ("kaiming_uniform", "trunc_normal")
@@ -617,4 +618,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    lesson_args(__doc__)
     main()

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from utils.io import is_smoke, output_path
+from utils.lesson_cli import lesson_args
 from utils.torch_playground import benchmark, setup_seed
 
 
@@ -302,4 +303,5 @@ def main():
 
 
 if __name__ == "__main__":
+    lesson_args(__doc__)
     main()

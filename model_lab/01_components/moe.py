@@ -58,6 +58,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from utils.io import is_smoke, output_path
+from utils.lesson_cli import lesson_args
 from utils.torch_playground import benchmark, setup_seed
 
 
@@ -402,4 +403,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    lesson_args(__doc__)
     main()

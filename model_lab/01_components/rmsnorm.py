@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from utils.io import is_smoke
+from utils.lesson_cli import lesson_args
 from utils.torch_playground import benchmark, setup_seed
 
 
@@ -159,4 +160,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    lesson_args(__doc__)
     main()

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from utils.io import is_smoke, output_path
+from utils.lesson_cli import lesson_args
 from utils.torch_playground import benchmark, setup_seed
 
 ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "llama3")
@@ -352,4 +353,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    lesson_args(__doc__)
     main()

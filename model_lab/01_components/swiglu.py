@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from utils.io import is_smoke, output_path
+from utils.lesson_cli import lesson_args
 from utils.torch_playground import benchmark, setup_seed
 
 # 名字与 transformers 的 config.hidden_act 相同，这样 HF 的 config 可以原样拿来用
@@ -187,4 +188,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    lesson_args(__doc__)
     main()

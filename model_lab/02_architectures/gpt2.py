@@ -49,6 +49,7 @@ from model_lab.kv_cache import (
     check_logits_positions,
     resolve_positions,
 )
+from utils.lesson_cli import lesson_args
 
 __all__ = ["Conv1D", "GPT2", "GPT2Config", "build_gpt2_hf_reference"]
 
@@ -643,4 +644,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    lesson_args(__doc__)
     main()

@@ -44,6 +44,7 @@ from model_lab.kv_cache import (
     resolve_positions,
 )
 from utils.io import is_smoke
+from utils.lesson_cli import lesson_args
 
 __all__ = ["Llama", "LlamaConfig", "build_llama_hf_reference", "rope_inv_freq"]
 
@@ -808,4 +809,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    lesson_args(__doc__)
     main()

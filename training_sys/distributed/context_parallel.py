@@ -84,6 +84,7 @@ from torch.autograd.function import once_differentiable
 from training_sys.distributed.launch import DistributedError, spawn
 from training_sys.strategy import SingleDevice
 from utils.io import is_smoke
+from utils.lesson_cli import lesson_args
 from utils.torch_playground import setup_seed
 
 __all__ = ["LAYOUTS", "RING_BACKEND", "ContextParallelStrategy", "RingWork", "chunk_ids", "merge_sequence",
@@ -505,4 +506,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    lesson_args(__doc__)
     main()

@@ -44,6 +44,7 @@ from torch import nn
 
 from training_sys.distributed.launch import DistributedError
 from training_sys.strategy import SingleDevice
+from utils.lesson_cli import lesson_args
 
 __all__ = ["DDPStrategy", "DataParallelBucketed", "DataParallelNaive", "bucket_assignment"]
 
@@ -383,4 +384,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    lesson_args(__doc__)
     main()

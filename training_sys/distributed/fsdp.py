@@ -52,6 +52,7 @@ from torch import Tensor, nn
 
 from training_sys.strategy import SingleDevice
 from utils.io import is_smoke
+from utils.lesson_cli import lesson_args
 from utils.torch_playground import setup_seed
 
 __all__ = ["FSDPStrategy", "FlatParam", "ShardedModel", "shard_model"]
@@ -586,4 +587,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    lesson_args(__doc__)
     main()

@@ -79,6 +79,7 @@ from model_lab import Llama
 from model_lab.attention_backends import make_attention_mask
 from training_sys.strategy import SingleDevice
 from utils.io import atomic_path, is_smoke, output_path
+from utils.lesson_cli import lesson_args
 
 __all__ = ["SCHEDULES", "LlamaStage", "PipelineStepResult", "PipelineStrategy", "bubble_fraction", "gpipe_step",
            "one_f_one_b_step", "plot_schedules", "replay_timeline"]
@@ -654,4 +655,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    lesson_args(__doc__)
     main()

@@ -78,6 +78,7 @@ from training_sys.distributed.launch import spawn
 from training_sys.distributed.mesh import ParallelMesh
 from training_sys.strategy import SingleDevice
 from utils.io import is_smoke
+from utils.lesson_cli import lesson_args
 
 __all__ = ["ColumnParallelLinear", "ParallelAttention", "ParallelMLP", "RowParallelLinear", "SequenceParallelRMSNorm",
            "TensorParallelLlama", "TensorParallelStrategy", "VocabParallelEmbedding", "all_reduce_gradients",
@@ -1024,4 +1025,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    lesson_args(__doc__)
     main()

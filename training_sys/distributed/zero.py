@@ -54,6 +54,7 @@ from torch import nn
 from training_sys.optimization._checks import check_betas, check_eps, check_lr, check_weight_decay
 from training_sys.optimization.adamw import adamw_update_
 from training_sys.strategy import SingleDevice
+from utils.lesson_cli import lesson_args
 
 __all__ = ["ZeroOptimizer", "ZeroStrategy", "held_bytes"]
 
@@ -501,4 +502,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    lesson_args(__doc__)
     main()

@@ -37,6 +37,7 @@ from torch import nn
 
 from training_sys.optimization._checks import check_betas, check_eps, check_lr, check_weight_decay
 from utils.io import is_smoke
+from utils.lesson_cli import lesson_args
 from utils.torch_playground import benchmark, setup_seed
 
 
@@ -250,4 +251,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    lesson_args(__doc__)
     main()

@@ -22,6 +22,7 @@ from collections.abc import Iterable
 import torch
 
 from utils.io import is_smoke
+from utils.lesson_cli import lesson_args
 from utils.torch_playground import benchmark, setup_seed
 
 
@@ -84,4 +85,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    lesson_args(__doc__)
     main()

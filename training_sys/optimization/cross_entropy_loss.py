@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from utils.io import is_smoke
+from utils.lesson_cli import lesson_args
 from utils.torch_playground import benchmark, setup_seed
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -158,4 +159,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    lesson_args(__doc__)
     main()

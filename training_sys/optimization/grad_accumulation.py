@@ -26,6 +26,7 @@ from torch import nn
 
 from training_sys.optimization.cross_entropy_loss import cross_entropy
 from utils.io import is_smoke
+from utils.lesson_cli import lesson_args
 from utils.torch_playground import setup_seed
 
 
@@ -130,4 +131,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    lesson_args(__doc__)
     main()

@@ -23,6 +23,7 @@ import torch
 
 from training_sys.optimization._checks import check_betas, check_lr, check_weight_decay
 from utils.io import is_smoke
+from utils.lesson_cli import lesson_args
 from utils.torch_playground import setup_seed
 
 
@@ -98,4 +99,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    lesson_args(__doc__)
     main()

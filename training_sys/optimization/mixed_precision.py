@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from utils.io import is_smoke
+from utils.lesson_cli import lesson_args
 from utils.torch_playground import setup_seed
 
 # 全仓库唯一的精度名单：名字与 torch.dtype 的属性名相同（torch.bfloat16 ↔ "bfloat16"），
@@ -245,4 +246,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    lesson_args(__doc__)
     main()

@@ -46,6 +46,7 @@ from torch import nn
 from training_sys.optimization._checks import check_betas, check_eps, check_lr, check_momentum, check_weight_decay
 from training_sys.optimization.adamw import adamw_update_
 from utils.io import is_smoke, output_path
+from utils.lesson_cli import lesson_args
 from utils.torch_playground import setup_seed
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)   # Keller Jordan 的五次多项式系数
@@ -250,4 +251,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    lesson_args(__doc__)
     main()

@@ -31,6 +31,7 @@ import math
 from dataclasses import dataclass
 
 from utils.io import is_smoke, output_path
+from utils.lesson_cli import lesson_args
 
 SCHEDULE_KINDS = ("cosine", "wsd", "inv_sqrt")
 DECAY_TYPES = ("cosine", "linear", "1-sqrt")
@@ -215,4 +216,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    lesson_args(__doc__)
     main()

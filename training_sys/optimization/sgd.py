@@ -25,6 +25,7 @@ import torch
 
 from training_sys.optimization._checks import check_lr, check_momentum, check_weight_decay
 from utils.io import is_smoke
+from utils.lesson_cli import lesson_args
 from utils.torch_playground import benchmark, setup_seed
 
 
@@ -114,4 +115,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    lesson_args(__doc__)
     main()

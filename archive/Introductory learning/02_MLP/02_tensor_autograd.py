@@ -45,6 +45,7 @@ from sklearn.datasets import load_digits
 from threadpoolctl import threadpool_limits
 
 from utils.io import data_dir, is_smoke, output_path
+from utils.lesson_cli import lesson_args
 from utils.torch_playground import setup_seed, time_block
 
 SMOKE = is_smoke()
@@ -589,7 +590,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = build_parser().parse_args(argv)
+    args = lesson_args(__doc__, build_parser(), argv)
     setup_seed()
     # 这里的矩阵都很小（几十 × 几十）：多线程的同步开销远大于计算本身，机器忙时甚至慢上百倍，所以只用 1 个线程
     torch.set_num_threads(1)

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from sklearn.datasets import load_digits
 
 from utils.io import is_smoke, output_path
+from utils.lesson_cli import lesson_args
 from utils.torch_playground import setup_seed, time_block
 
 SMOKE = is_smoke()
@@ -202,4 +203,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    lesson_args(__doc__)
     main()

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch.distributions import Categorical, kl_divergence
 
 from utils.io import is_smoke, output_path
+from utils.lesson_cli import lesson_args
 from utils.torch_playground import setup_seed, time_block
 
 SMOKE = is_smoke()
@@ -169,4 +170,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    lesson_args(__doc__)
     main()

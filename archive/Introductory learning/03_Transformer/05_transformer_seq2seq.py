@@ -39,6 +39,7 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 from utils.io import is_smoke, output_path
+from utils.lesson_cli import lesson_args
 from utils.torch_playground import setup_seed, time_block
 
 SMOKE = is_smoke()
@@ -433,4 +434,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    lesson_args(__doc__)
     main()

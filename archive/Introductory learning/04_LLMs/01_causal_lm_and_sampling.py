@@ -50,6 +50,7 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 from utils.io import is_smoke, output_path
+from utils.lesson_cli import lesson_args
 from utils.torch_playground import setup_seed, time_block
 
 SMOKE = is_smoke()
@@ -338,4 +339,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    lesson_args(__doc__)
     main()
