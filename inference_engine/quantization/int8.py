@@ -21,6 +21,8 @@
      （M = 32：18.6 ms），而参考路径"把码转成 bf16 + oneDNN GEMM"几乎不随 M 变（33 ms）；M = 64 两者持平；
    - 激活是 fp32 或 fp16：内核走通用的逐元素循环，M = 1 就要 15–21 ms、每多一行再加这么多——比直接用 fp32 权重
      慢 3 倍以上，只在 M ≤ 2（fp32）/ M = 1（fp16）时比参考路径（每次把 1600 万个码转成浮点，33–40 ms）快。
+   另有一个坑：bf16 的 AVX512 路径按 16 个输入通道一块读 K，不处理尾巴——torch 2.13 上 K = 24 给出错误结果、
+   K = 200 且 M ≥ 2 直接段错误。所以只在 in_features % 16 == 0 时用内核（所有 dtype 一律如此，真实模型的 K 都满足）。
    所以 KERNEL_MAX_ROWS 按激活 dtype 给出用内核的最大行数；其余情形走参考路径：F.linear(x, q.to(x.dtype)) · s——
    先矩阵乘再乘 s（第 2 点），与 torchao 的 Int8Tensor 在 weight-only 时的算法相同，任何设备、任何 dtype 都对。
    想在 CPU 上真正变快：模型用 bf16 跑解码。
@@ -47,6 +49,8 @@ __all__ = ["KERNEL_MAX_ROWS", "Int8WeightOnlyLinear", "linear_int8_kernel", "lin
 # CPU 内核的适用范围：激活 dtype -> 用内核的最大行数（展平后的 token 数）。4096×4096、1 线程实测的交叉点
 # （见模块说明第 4 点）：bf16 在 M = 64 与参考路径持平；fp32 在 M ≈ 3、fp16 在 M ≈ 2 就输给参考路径
 KERNEL_MAX_ROWS = {torch.bfloat16: 32, torch.float32: 2, torch.float16: 1}
+# 内核的 bf16 路径按 16 个输入通道一块处理、没有尾巴：K 不是 16 的倍数时结果错或段错误（见模块说明第 4 点）
+KERNEL_K_MULTIPLE = 16
 
 
 def quantize_int8_weight(weight: Tensor) -> tuple[Tensor, Tensor]:
@@ -118,9 +122,9 @@ class Int8WeightOnlyLinear(nn.Module):
         return dequantize_codes(self.qweight, self.scales[:, None], torch.zeros_like(self.scales[:, None], dtype=torch.int32))
 
     def use_kernel(self, x2d: Tensor) -> bool:
-        """这次 forward 用不用 CPU 内核（条件见模块说明第 4 点）。"""
+        """这次 forward 用不用 CPU 内核：CPU、行数 ≤ KERNEL_MAX_ROWS[x 的 dtype]、K 是 16 的倍数（见模块说明第 4 点）。"""
         return (_has_int8_kernel() and x2d.device.type == "cpu" and self.qweight.device.type == "cpu"
-                and x2d.shape[0] <= KERNEL_MAX_ROWS.get(x2d.dtype, 0))
+                and x2d.shape[0] <= KERNEL_MAX_ROWS.get(x2d.dtype, 0) and self.in_features % KERNEL_K_MULTIPLE == 0)
 
     def forward(self, x: Tensor) -> Tensor:
         if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() == 0 or x.shape[-1] != self.in_features:

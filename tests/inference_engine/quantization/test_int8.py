@@ -101,6 +101,18 @@ def test_bf16_input_path():
     assert err_ours <= 2 ** -7 * exact.abs().max()
 
 
+def test_kernel_is_not_used_when_in_features_is_not_a_multiple_of_16():
+    """torch 2.13 的 bf16 内核不处理 K 的尾巴（K = 24 结果错、K = 200 且 M ≥ 2 段错误）：这种层必须走参考路径。"""
+    linear = _weights(48, 200, torch.float32)
+    layer = Int8WeightOnlyLinear.from_float(linear)
+    xb = torch.randn(4, 200).bfloat16()
+    assert not layer.use_kernel(xb)
+    with torch.no_grad():
+        y = layer(xb)
+    exact = xb.float() @ layer.dequantize().T + linear.bias.detach()
+    assert (y.float() - exact).abs().max() <= 2**-7 * exact.abs().max()
+
+
 def test_state_dict_round_trip_through_safetensors(tmp_path):
     layer = Int8WeightOnlyLinear.from_float(_weights(32, 64, torch.float32))
     save_file(layer.state_dict(), tmp_path / "layer.safetensors")
