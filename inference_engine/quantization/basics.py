@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from utils.io import atomic_path, is_smoke, output_path
+from utils.lesson_cli import lesson_args
 
 __all__ = ["choose_qparams", "dequantize", "qrange", "quantize", "quantize_with_qparams", "sqnr"]
 
@@ -257,4 +258,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    lesson_args(__doc__)
     main()

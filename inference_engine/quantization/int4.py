@@ -45,6 +45,7 @@ from torch import Tensor, nn
 
 from inference_engine.quantization.basics import sqnr
 from utils.io import is_smoke
+from utils.lesson_cli import lesson_args
 
 __all__ = ["GROUP_SIZES", "KERNEL_MAX_ROWS", "Int4WeightOnlyLinear", "int4_dequantize", "int4_qparams",
            "int4_quantize", "linear_int4_kernel", "linear_int4_reference", "pack_int4", "pack_scales_and_zeros",
@@ -297,4 +298,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    lesson_args(__doc__)
     main()

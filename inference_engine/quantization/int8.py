@@ -42,6 +42,7 @@ from torch import Tensor, nn
 from inference_engine.quantization.basics import dequantize as dequantize_codes
 from inference_engine.quantization.basics import quantize, sqnr
 from utils.io import is_smoke
+from utils.lesson_cli import lesson_args
 
 __all__ = ["KERNEL_MAX_ROWS", "Int8WeightOnlyLinear", "linear_int8_kernel", "linear_int8_reference",
            "quantize_int8_weight"]
@@ -190,4 +191,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    lesson_args(__doc__)
     main()
