@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch>=2.6
 JOBS ?= auto
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | sha256sum | cut -c1-16)
 
-.PHONY: install run test lint smoke mutants bench-gpu clean
+.PHONY: install run test lint smoke mutants bench-gpu exercise exercise-check exercise-status clean
 
 install: $(STAMP)
 
@@ -41,6 +41,18 @@ smoke: install
 # 只跑几个：make mutants MUTANTS_ARGS='--only adamw_eps_inside_sqrt'；重构后先查清单：MUTANTS_ARGS=--check
 mutants: install
 	PYTHONPATH=. $(PY) -m tests.mutation $(MUTANTS_ARGS)
+
+# 练习模式：make exercise EX=model_lab/01_components/rope.py 生成挖空的副本（workspace/，不进 git），
+# make exercise-check EX=... 用项目自己的参考测试逐函数判分，make exercise-status 看整个课程的进度。
+# （变量叫 EX 而不是 PATH：make 的 PATH=… 会覆盖 shell 的 PATH）
+exercise: install
+	PYTHONPATH=. $(PY) -m utils.exercises new $(EX)
+
+exercise-check: install
+	PYTHONPATH=. $(PY) -m utils.exercises check $(EX)
+
+exercise-status: install
+	PYTHONPATH=. $(PY) -m utils.exercises status
 
 # 所有内核的 GPU 基准（Triton / CUDA C vs PyTorch），H100 级 GPU 上 8 分钟以内；没有 GPU 时只打印说明
 bench-gpu: install
