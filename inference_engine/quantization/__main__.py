@@ -55,6 +55,7 @@ from inference_engine.quantization.apply import (
     unsupported_layers,
 )
 from utils.io import atomic_path, checkpoints_dir, is_smoke
+from utils.lesson_cli import lesson_args
 
 DEFAULT_RUN = "shakespeare_cpu"  # make run 的默认运行名（<语料>_<预设>）
 PROMPT_TOKENS = 8
@@ -321,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     from utils.torch_playground import setup_seed
 
-    args = build_parser().parse_args(argv)
+    args = lesson_args(__doc__, build_parser(), argv)
     setup_seed(0)
     smoke = is_smoke()
     n_calib = args.calib or (512 if smoke else 2048)

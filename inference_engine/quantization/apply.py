@@ -10,8 +10,10 @@ down_proj`；GPT-2 是 `transformer.h.N.attn.c_attn / c_proj`、`mlp.c_fc / c_pr
 - **嵌入**是查表不是矩阵乘：每个 token 只读一行，量化它省的是存储、不是带宽；它也不是 nn.Linear；
 - **lm_head** 的误差直接落在 logits 上，后面再没有层能把它"平均掉"，而且词表维度上少数 logit 的相对大小
   决定了采样结果——GPTQ、AWQ、bitsandbytes 的论文与实现默认都把它留在 fp16。小模型常把它与嵌入共享
-  （tie_word_embeddings）：量化它就得先解开共享、多存一份，这里直接报错。
-想量化它，显式传 `include=["lm_head"], exclude=()`。
+  （tie_word_embeddings）：量化它就得先解开共享、多存一份；
+- 还有一个实现上的原因：我们的 Llama 在 forward 里直接读 `lm_head.weight`（KV cache 的 dtype / 设备检查、
+  融合的 lm_head + 交叉熵内核都拿它），换成没有 .weight 的量化层模型就跑不起来。
+所以点名 lm_head（`include=["lm_head"], exclude=()`）会报错，而不是默默地留一个跑不通的模型。
 
 ## 2. 校准激活怎么来
 GPTQ、AWQ、SmoothQuant 需要每层在真实数据上看到的输入 X（(N, in)）。做法：在目标层上挂 forward pre-hook，
@@ -69,6 +71,7 @@ from inference_engine.quantization.nf4 import NF4Linear
 from inference_engine.quantization.smoothquant import MIN_CALIB_ROWS, SmoothQuantLinear
 from model_lab.hf_io import read_hf_config, read_hf_state_dict, tied_parameters
 from utils.io import atomic_write, is_smoke
+from utils.lesson_cli import lesson_args
 
 __all__ = ["CALIBRATED_SCHEMES", "QUANT_CONFIG_NAME", "SCHEMES", "collect_layer_inputs", "default_targets",
            "load_quantized", "model_nbytes", "quantize", "quantized_modules", "save_quantized", "select_linears",
@@ -176,11 +179,10 @@ def select_linears(model: nn.Module, include: Iterable[str] | None = None,
                 raise ValueError(f"include 的 {pattern!r} 没有匹配到任何线性层：检查拼写，线性层的名字形如 {sample}")
             names += [n for n in linear_hits if n not in names]
     targets = {n: modules[n] for n in names if not any(_matches(n, p) for p in exclude)}
-    tied = set(tied_parameters(model)) | set(tied_parameters(model).values())
     for n in targets:
-        if f"{n}.weight" in tied:
-            raise ValueError(f"{n}.weight 与别的参数共享（tie_word_embeddings）：量化它要先解开共享、多存一份权重；"
-                             "保持它浮点（默认 exclude=('lm_head',)），或用不共享嵌入的模型")
+        if n.rpartition(".")[2] == "lm_head":
+            raise ValueError(f"{n} 不能量化：模型的 forward 直接读 lm_head.weight（KV cache 的 dtype / 设备、融合的交叉熵），"
+                             "而且 logits 对它的误差最敏感——保持它浮点（默认 exclude=('lm_head',)，见 apply.py 说明第 1 点）")
     if not targets:
         raise ValueError(f"include / exclude 之后没有要量化的层（exclude={exclude}）")
     return targets
@@ -253,8 +255,10 @@ def collect_layer_inputs(model: nn.Module, modules: dict[str, nn.Module], calib_
     """把 calib_data (B, T) 分批跑过模型，返回每个目标层见到的输入 {名字: (B·T, in)}。
 
     stop_early=True：每批在所有目标都拿到输入后就截断前向（GPTQ 逐层时用，后面的层不必算）。
-    同一个张量喂给几个层时（q/k/v）只存一份、只拼接一次。
+    同一个张量喂给几个层时（q/k/v）只存一份、只拼接一次。q/k/v 在目标里时，它们的注意力模块改走分开的三个投影
+    （模块说明第 2 点），否则 hook 收不到。
     """
+    _use_unfused_qkv(model, modules)
     seen: dict[str, list[Tensor]] = {name: [] for name in modules}
     stored: dict[int, tuple[Tensor, Tensor]] = {}  # id(原始输入) -> (原始输入（保活，id 不会被复用）, 展平的副本)
     fired: set[str] = set()
@@ -506,8 +510,12 @@ def load_quantized(load_dir: str | os.PathLike, model_cls: type[nn.Module] | Non
         if (in_f, out_f, bias) != (rec["in_features"], rec["out_features"], rec["bias"]):
             raise ValueError(f"{name}：{QUANT_CONFIG_NAME} 记录的形状 {(rec['in_features'], rec['out_features'], rec['bias'])} "
                              f"与 config.json 推出的 {(in_f, out_f, bias)} 不同")
-        with torch.device("cpu"):  # 量化层的非持久 buffer（NF4 的码本）要有真实的值，不能留在 meta 上
-            layers[name] = cls.empty(in_f, out_f, bias, **rec["options"])
+        try:
+            with torch.device("cpu"):  # 量化层的非持久 buffer（NF4 的码本）要有真实的值，不能留在 meta 上
+                layers[name] = cls.empty(in_f, out_f, bias, **rec["options"])
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{load_dir}：{QUANT_CONFIG_NAME} 给 {name} 记录的方案 {recorded!r} 与选项 {rec['options']} "
+                             f"对不上：{e}") from e
         _replace(model, name, layers[name])
     aliases = tied_parameters(model)
     state = {k: v for k, v in read_hf_state_dict(load_dir).items()
@@ -565,4 +573,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    lesson_args(__doc__)
     main()
