@@ -1,0 +1,277 @@
+"""流式清洗流水线：端到端（埋好的坏文档 / 重复 / PII → 该留的留下、统计对）、被杀后续跑与一次跑完逐字节相同、
+坏 UTF-8 与坏 JSON 按策略处理、1 个与 2 个进程输出相同、写了一半的块不算完成。
+
+机制测试用本文件里的小步骤（协议只要求 apply / keys + select），真实规则的端到端在后面。
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data_pipeline.cleaning import pipeline as P
+from data_pipeline.cleaning.__main__ import main as cli_main
+from data_pipeline.cleaning.pipeline import CleanConfig, InputError, clean, jsonl_to_text, read_cleaned
+
+
+# ---------------------------------------------------------------------------
+# 本文件的小步骤（模块级：进程池要能 pickle）
+# ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DropSpam:
+    name: str = "spam"
+
+    def apply(self, text):
+        return (None, "has_spam") if "SPAM" in text else (text, None)
+
+
+_EMAIL = re.compile(r"[\w.]+@[\w.]+\.\w+")
+
+
+@dataclass(frozen=True)
+class MaskEmail:
+    name: str = "mask"
+
+    def apply(self, text):
+        new = _EMAIL.sub("<EMAIL>", text)
+        return new, ("email" if new != text else None)
+
+
+@dataclass(frozen=True)
+class StripMarker:
+    """把 "XXX" 删掉：整篇都是 XXX 的文档被改成空白，流水线应当删掉它（原因 strip:emptied）。"""
+
+    name: str = "strip"
+
+    def apply(self, text):
+        new = text.replace("XXX", "")
+        return new, ("marker" if new != text else None)
+
+
+@dataclass(frozen=True)
+class ExactHash:
+    name: str = "dedup"
+
+    def keys(self, texts):
+        return np.array([[int.from_bytes(hashlib.sha1(t.encode()).digest()[:8], "little")] for t in texts],
+                        dtype=np.uint64).reshape(len(texts), 1)
+
+    def select(self, keys):
+        _, first = np.unique(keys[:, 0], return_index=True)
+        keep = set(first.tolist())
+        return {i: "duplicate" for i in range(len(keys)) if i not in keep}
+
+
+@dataclass(frozen=True)
+class FailOnce:
+    """第一次遇到含 marker 的文档时抛异常（模拟进程在第 k 块中途被杀）；标记文件记下"已经失败过"。"""
+
+    flag: str
+    marker: str = "FAIL-HERE"
+    name: str = "failonce"
+
+    def apply(self, text):
+        if self.marker in text and not Path(self.flag).exists():
+            Path(self.flag).write_text("x")
+            raise RuntimeError("模拟的崩溃")
+        return text, None
+
+
+def steps():
+    return [DropSpam(), MaskEmail(), StripMarker(), ExactHash()]
+
+
+def make_corpus(tmp_path: Path, n: int = 60) -> tuple[Path, list[str]]:
+    """n 篇普通文档，埋进去：垃圾、邮箱、空文档、全是标记的文档、精确重复。返回 (文件, 期望的输出文本)。"""
+    docs, expected = [], []
+    for i in range(n):
+        text = f"document {i}: the quick brown fox {i * 7} jumps over the lazy dog"
+        if i % 10 == 3:
+            docs.append({"text": text + " SPAM SPAM", "id": i})
+        elif i % 10 == 5:
+            docs.append({"text": text + " mail me at fox@example.com", "id": i})
+            expected.append(text + " mail me at <EMAIL>")
+        elif i % 10 == 7:
+            docs.append({"text": "  \n ", "id": i})
+        elif i % 10 == 8:
+            docs.append({"text": "XXXXXX", "id": i})
+        else:
+            docs.append({"text": text, "id": i})
+            expected.append(text)
+        if i % 10 == 9:  # 与上一篇普通文档完全相同
+            docs.append({"text": text, "id": f"{i}-dup"})
+    path = tmp_path / "in.jsonl"
+    path.write_text("".join(json.dumps(d) + "\n" for d in docs), encoding="utf-8")
+    return path, expected
+
+
+def run(path, out, **kw):
+    return clean([path], out, CleanConfig(**{"steps": steps(), "chunk_docs": 7, "progress": False, **kw}))
+
+
+def step(stats, name):
+    return next(s for s in stats["steps"] if s["name"] == name)
+
+
+# ---------------------------------------------------------------------------
+# 端到端
+# ---------------------------------------------------------------------------
+def test_end_to_end_removes_what_was_planted(tmp_path):
+    path, expected = make_corpus(tmp_path)
+    stats = run(path, tmp_path / "out")
+    out = list(read_cleaned(tmp_path / "out" / "cleaned.jsonl"))
+    assert [r["text"] for r in out] == expected
+    assert all("id" in r for r in out)  # 其它字段保留
+    assert [s["name"] for s in stats["steps"]] == ["empty", "spam", "mask", "strip", "dedup"]
+    assert step(stats, "empty")["reasons"]["empty:blank"]["docs_removed"] == 6
+    assert step(stats, "spam")["docs_removed"] == 6
+    mask = step(stats, "mask")
+    assert mask["docs_modified"] == 6 and mask["docs_removed"] == 0
+    assert mask["bytes_modified"] == 6 * (len("fox@example.com") - len("<EMAIL>"))
+    assert step(stats, "strip")["reasons"]["strip:emptied"]["docs_removed"] == 6
+    dedup = step(stats, "dedup")
+    assert dedup["kind"] == "global" and dedup["docs_removed"] == 6
+    dup_bytes = sum(len(f"document {i}: the quick brown fox {i * 7} jumps over the lazy dog") for i in range(9, 60, 10))
+    assert dedup["bytes_removed"] == dup_bytes
+    # 删掉的篇数加起来 = 读入 − 输出；样例记下来源的文件:行
+    assert stats["read"]["docs"] - sum(s["docs_removed"] for s in stats["steps"]) == stats["output"]["docs"] == \
+        len(expected)
+    assert step(stats, "spam")["examples"]["spam:has_spam"][0]["source"] == f"{path}:4"
+    # 三种形式的统计
+    out_dir = tmp_path / "out"
+    assert json.loads((out_dir / "stats.json").read_text(encoding="utf-8"))["output"]["docs"] == len(expected)
+    md = (out_dir / "stats.md").read_text(encoding="utf-8")
+    assert "| **dedup**（全局） | | 48 | 6 |" in md and "`mask:email`" in md
+    assert (out_dir / "stats.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_text_input_is_split_on_blank_lines_and_round_trips(tmp_path):
+    src = tmp_path / "plays.txt"
+    src.write_text("ROMEO:\nBut soft!\n\n\n  \nJULIET:\nAy me.\r\n\r\nROMEO:\nBut soft!\n", encoding="utf-8")
+    clean([src], tmp_path / "out", CleanConfig(steps=[ExactHash()], progress=False))
+    texts = [r["text"] for r in read_cleaned(tmp_path / "out" / "cleaned.jsonl")]
+    assert texts == ["ROMEO:\nBut soft!", "JULIET:\nAy me."]
+    dest = jsonl_to_text(tmp_path / "out" / "cleaned.jsonl", tmp_path / "clean.txt")
+    assert dest.read_text(encoding="utf-8") == "ROMEO:\nBut soft!\n\nJULIET:\nAy me.\n"
+
+
+# ---------------------------------------------------------------------------
+# 确定性与续跑
+# ---------------------------------------------------------------------------
+def comparable(stats):
+    return {k: v for k, v in stats.items() if k not in ("seconds", "chunks_reused", "workers", "output")}
+
+
+def test_workers_do_not_change_the_output(tmp_path):
+    path, _ = make_corpus(tmp_path, n=120)
+    one = run(path, tmp_path / "w1", workers=1)
+    two = run(path, tmp_path / "w2", workers=2)
+    assert (tmp_path / "w1" / "cleaned.jsonl").read_bytes() == (tmp_path / "w2" / "cleaned.jsonl").read_bytes()
+    assert comparable(one) == comparable(two)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, workers):
+    path, _ = make_corpus(tmp_path, n=100)
+    lines = path.read_text(encoding="utf-8").splitlines()
+    lines[60] = json.dumps({"text": json.loads(lines[60])["text"] + " FAIL-HERE"})  # 落在第 8 块（每块 7 篇）
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    fail = FailOnce(str(tmp_path / "failed.flag"))
+    cfg = dict(steps=[fail, *steps()], chunk_docs=7, progress=False, workers=workers)
+    with pytest.raises(RuntimeError, match="模拟的崩溃"):
+        clean([path], tmp_path / "crash", CleanConfig(**cfg))
+    assert not (tmp_path / "crash" / "cleaned.jsonl").exists()
+    done = sorted(p.name for p in (tmp_path / "crash" / "chunks").glob("*.json"))
+    assert "000008.json" not in done and "000000.json" in done
+    resumed = clean([path], tmp_path / "crash", CleanConfig(**cfg, resume=True))
+    assert resumed["chunks_reused"] >= 1
+    reference = clean([path], tmp_path / "ref", CleanConfig(**cfg))  # 标记文件已在：不再失败
+    assert (tmp_path / "crash" / "cleaned.jsonl").read_bytes() == (tmp_path / "ref" / "cleaned.jsonl").read_bytes()
+    assert comparable(resumed) == comparable(reference)
+
+
+def test_half_written_chunk_is_not_taken_as_done(tmp_path):
+    path, _ = make_corpus(tmp_path)
+    run(path, tmp_path / "out")
+    reference = (tmp_path / "out" / "cleaned.jsonl").read_bytes()
+    chunks = tmp_path / "out" / "chunks"
+    (chunks / "000002.jsonl").write_text('{"source": "x", "rec', encoding="utf-8")  # 产物被截断
+    (chunks / "000004.json").write_text('{"chunk": 4, "dig', encoding="utf-8")  # 元数据被截断
+    stats = run(path, tmp_path / "out", resume=True)
+    assert stats["chunks_reused"] == stats["chunks"] - 2
+    assert (tmp_path / "out" / "cleaned.jsonl").read_bytes() == reference
+    # 换了步骤（配置摘要不同）：旧块一个都不复用
+    stats = clean([path], tmp_path / "out", CleanConfig(steps=[DropSpam()], chunk_docs=7, progress=False, resume=True))
+    assert stats["chunks_reused"] == 0
+
+
+# ---------------------------------------------------------------------------
+# 坏输入
+# ---------------------------------------------------------------------------
+def bad_bytes_corpus(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b'{"text": "good one"}\n{"text": "caf\xe9 latin-1"}\n\n{"text": "lone \\ud800 surrogate"}\n'
+                     b'{"text": "good two"}\n')
+    return path
+
+
+def test_bad_utf8_skip(tmp_path):
+    stats = clean([bad_bytes_corpus(tmp_path)], tmp_path / "o", CleanConfig(progress=False))
+    assert [r["text"] for r in read_cleaned(tmp_path / "o" / "cleaned.jsonl")] == ["good one", "good two"]
+    assert stats["read"]["bad_utf8_skipped"] == 2 and stats["read"]["bad_utf8_replaced"] == 0
+    assert any(p.startswith(f"{tmp_path / 'bad.jsonl'}:2:") for p in stats["read"]["problems"])
+
+
+def test_bad_utf8_replace(tmp_path):
+    stats = clean([bad_bytes_corpus(tmp_path)], tmp_path / "o", CleanConfig(progress=False, on_bad_utf8="replace"))
+    texts = [r["text"] for r in read_cleaned(tmp_path / "o" / "cleaned.jsonl")]
+    assert texts == ["good one", "caf\ufffd latin-1", "lone \ufffd surrogate", "good two"]
+    assert stats["read"]["bad_utf8_replaced"] == 2
+
+
+def test_bad_utf8_in_text_input_costs_only_its_document(tmp_path):
+    src = tmp_path / "t.txt"
+    src.write_bytes(b"first doc\n\nsecond \xff\xfe doc\nstill second\n\nthird doc\n")
+    stats = clean([src], tmp_path / "o", CleanConfig(progress=False))
+    assert [r["text"] for r in read_cleaned(tmp_path / "o" / "cleaned.jsonl")] == ["first doc", "third doc"]
+    assert stats["read"]["problems"][0].startswith(f"{src}:3:")
+
+
+def test_bad_json_is_an_error_with_file_and_line(tmp_path):
+    path = tmp_path / "x.jsonl"
+    path.write_text('{"text": "ok"}\n{"text": "no end"\n{"text": 3}\n', encoding="utf-8")
+    with pytest.raises(InputError, match=re.escape(f"{path}:2: 不是合法的 JSON")):
+        clean([path], tmp_path / "o", CleanConfig(progress=False))
+    stats = clean([path], tmp_path / "o", CleanConfig(progress=False, on_bad_json="skip"))
+    assert stats["read"]["bad_json_skipped"] == 2  # 第 3 行是 JSON，但 text 不是字符串
+    assert [r["text"] for r in read_cleaned(tmp_path / "o" / "cleaned.jsonl")] == ["ok"]
+    assert any("不是带字符串字段" in p and p.startswith(f"{path}:3:") for p in stats["read"]["problems"])
+
+
+def test_cli_reports_errors_in_one_line(tmp_path, capsys):
+    path = tmp_path / "x.jsonl"
+    path.write_text('{"text": "ok"}\nnope\n', encoding="utf-8")
+    with pytest.raises(SystemExit, match=re.escape(f"{path}:2")):
+        cli_main([str(path), "--out", str(tmp_path / "o"), "--no-progress", "--steps", ""])
+    with pytest.raises(SystemExit, match="不存在"):
+        cli_main([str(tmp_path / "missing.txt"), "--out", str(tmp_path / "o"), "--steps", ""])
+    with pytest.raises(SystemExit, match="未知的清洗步骤"):
+        cli_main([str(path), "--out", str(tmp_path / "o"), "--steps", "nope"])
+    cli_main([str(path), "--out", str(tmp_path / "o"), "--no-progress", "--steps", "", "--on-bad-json", "skip"])
+    assert "坏 JSON 行：跳过 1 行" in capsys.readouterr().out
+
+
+def test_config_errors():
+    with pytest.raises(InputError, match="排在了全局步骤后面"):
+        CleanConfig(steps=[ExactHash(), DropSpam()]).validate()
+    with pytest.raises(InputError, match="--workers 0"):
+        CleanConfig(workers=0).validate()
+    with pytest.raises(InputError, match="--on-bad-utf8"):
+        CleanConfig(on_bad_utf8="ignore").validate()
+    assert P.DropEmpty().apply(" \n\t") == (None, "blank")
