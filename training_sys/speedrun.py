@@ -1,4 +1,4 @@
-"""端到端的一次运行（`make run`）：语料 → BPE 分词器 → 预训练一个小 Llama → 评估 → 样例 → HF 模型目录 → 中文报告。
+"""端到端的一次运行（`make run`）：语料 → 清洗 → BPE 分词器 → 预训练一个小 Llama → 评估 → 样例 → HF 模型目录 → 中文报告。
 
     python -m training_sys.speedrun                       # CPU 预设：2 核 CPU 上 10 分钟以内跑完全程
     python -m training_sys.speedrun --preset gpu          # 更大的模型、更长的训练（没有 CUDA GPU 时直接报错）
@@ -12,7 +12,8 @@
     tokenizer.json  tokenizer_config.json   AutoTokenizer.from_pretrained 直接加载，编码与我们的 Tokenizer 逐 id 相同
     report.md  loss.png                     中文报告：配置、硬件、各阶段耗时、吞吐、曲线、评估、样例、下一步
     eval.json  samples.json                 评估与样例的原始数据
-    tokenizer/  data/  train/               中间产物：分词器、train.bin/val.bin、训练 checkpoint 与 metrics.jsonl
+    cleaning/                               清洗：cleaned.jsonl、stats.json/.md/.png（每个步骤删了 / 改了什么）
+    tokenizer/  data/  train/               中间产物：分词器、清洗后的文本与 train.bin/val.bin、训练 checkpoint
     stages/<阶段>.json                      每个阶段的"指纹"：输入的哈希、产物的 SHA-256、耗时、结果
 
 断点续跑是怎么做到的（通用部分在 training_sys/pipeline.py）：每个阶段的输入（上游阶段的指纹 + 本阶段的配置）
@@ -56,7 +57,7 @@ PATTERN = "gpt2"
 VAL_FRACTION = 0.1
 # 固定的提示词：每次运行、每个预设都从同样的开头续写，样例之间才能比较
 PROMPTS = ("ROMEO:\n", "First Citizen:\nBefore we proceed any further,", "To be, or not to be", "KING HENRY V:\n")
-STAGES = ("corpus", "tokenizer", "shards", "train", "export", "eval", "samples", "report")
+STAGES = ("corpus", "clean", "tokenizer", "shards", "train", "export", "eval", "samples", "report")
 
 
 # ---------------------------------------------------------------------------
@@ -165,6 +166,34 @@ def stage_corpus(pipe: Pipeline, opts: Options, preset: Preset) -> dict[str, Any
         return [path], {"path": str(path), "source": str(source), "bytes": text_bytes}
 
     return pipe.stage("corpus", inputs, run)
+
+
+# 清洗步骤（data_pipeline.cleaning）。莎士比亚的一段台词多数不足 50 个词、很多行不以句号结尾：面向网页的
+# Gopher / C4 / FineWeb 质量规则会删掉大半台词，所以 make run 只用不改变文体的步骤；网页语料换成全套规则
+# （python -m data_pipeline.cleaning 的默认步骤）。空文档总是先被删掉。
+CLEAN_STEPS: tuple[str, ...] = ()
+
+
+def stage_clean(pipe: Pipeline, opts: Options, corpus: dict[str, Any]) -> dict[str, Any]:
+    """纯文本按空行切成文档（一段台词一篇）→ 清洗 → 按空行拼回纯文本 data/cleaned.txt，分词器与编码读它。"""
+    from data_pipeline.cleaning.pipeline import CleanConfig, build_steps, clean, jsonl_to_text, stats_markdown
+
+    inputs = {"corpus": corpus["fingerprint"], "steps": CLEAN_STEPS}
+    out = pipe.run_dir / "cleaning"
+
+    def run() -> tuple[list[Path], dict[str, Any]]:
+        # resume=True：本阶段被杀之后重跑，已完成的块直接复用（块的配置摘要含输入文件的大小与修改时间）
+        stats = clean([corpus["result"]["path"]], out, CleanConfig(steps=build_steps(CLEAN_STEPS), resume=True,
+                                                                  progress=opts.progress))
+        path = jsonl_to_text(out / "cleaned.jsonl", pipe.run_dir / "data" / "cleaned.txt")
+        # 产物只列确定性的文件（stats.json 里有耗时）：重做得到逐字节相同的文本时，下游照样跳过
+        return [path, out / "cleaned.jsonl", out / "stats.md"], {
+            "path": str(path), "bytes": path.stat().st_size, "docs_in": stats["read"]["docs"],
+            "docs_out": stats["output"]["docs"], "bytes_in": stats["read"]["bytes"],
+            "bytes_out": stats["output"]["bytes"], "steps": [s["name"] for s in stats["steps"]],
+            "table": stats_markdown(stats)}
+
+    return pipe.stage("clean", inputs, run)
 
 
 def stage_tokenizer(pipe: Pipeline, opts: Options, corpus: dict[str, Any]) -> dict[str, Any]:
@@ -391,8 +420,9 @@ def run_pipeline(opts: Options, on_step: Callable[[int, dict[str, Any]], bool | 
     pipe = Pipeline(run_dir, fresh=opts.fresh)
     print(f"[speedrun] 预设 {opts.preset}（{preset.description}）| 语料 {opts.corpus_label} | 输出 {run_dir}")
     corpus = stage_corpus(pipe, opts, preset)
-    tokenizer = stage_tokenizer(pipe, opts, corpus)
-    shards = stage_shards(pipe, corpus, tokenizer)
+    cleaned = stage_clean(pipe, opts, corpus)
+    tokenizer = stage_tokenizer(pipe, opts, cleaned)
+    shards = stage_shards(pipe, cleaned, tokenizer)
     trained = stage_train(pipe, opts, preset, shards, on_step)
     export = stage_export(pipe, tokenizer, trained)
     stage_eval(pipe, preset, shards, export)

@@ -5,7 +5,8 @@
 模板用 str.format 的具名字段：少给一个字段 format 直接 KeyError，不会留下 "{...}"；
 数字字段带格式说明（{lr:g}、{tokens_per_s:,.0f}），给成 None 会 TypeError，不会印出 "None"。
 
-报告各节按阶段顺序排列：配置（语料 → 分词器 → 编码 → 模型 → 训练）→ 各阶段耗时 → 损失曲线（训练）
+报告各节按阶段顺序排列：配置（语料 → 清洗 → 分词器 → 编码 → 模型 → 训练）→ 各阶段耗时 → 数据清洗（删了什么）
+→ 损失曲线（训练）
 → 用起来（导出的模型目录）→ 评估 → 样例 → 下一步。各阶段耗时表的编号就是阶段在流水线里的位置。
 """
 
@@ -20,6 +21,7 @@ __all__ = ["REPORT_TEMPLATE", "STAGE_TITLES", "compare_to_unigram", "render_repo
 # 流水线每个阶段在报告里的名字；顺序与 training_sys.speedrun.STAGES 相同（测试核对）
 STAGE_TITLES = {
     "corpus": "语料",
+    "clean": "数据清洗",
     "tokenizer": "训练 BPE 分词器",
     "shards": "编码成 train.bin / val.bin",
     "train": "预训练",
@@ -39,6 +41,7 @@ REPORT_TEMPLATE = """\
 | 项目 | 值 |
 |---|---|
 | 语料 | `{corpus_label}`：{corpus_source}（使用 {corpus_mb:.2f} MB） |
+| 清洗 | {clean_steps}：{clean_docs_in:,} 篇 → {clean_docs_out:,} 篇，{clean_mb:.2f} MB 进入分词器 |
 | 分词器 | 字节级 BPE，GPT-2 预分词正则，词表 {vocab_size}，特殊 token `{special_token}` |
 | 数据 | train {train_tokens:,} / val {val_tokens:,} token（后 {val_fraction:.0%} 字节做验证集），{data_bytes_per_token:.2f} 字节/token |
 | 模型 | Llama：{n_layer} 层，{n_head} 头，{n_embd} 维，上下文 {block_size}，{num_params:,} 参数 |
@@ -54,6 +57,11 @@ REPORT_TEMPLATE = """\
 
 训练吞吐 **{tokens_per_s:,.0f} tokens/s**（纯训练步，不含评估与保存；训练步合计 {train_seconds:.1f} s）。{resumed_note}
 
+## 数据清洗
+
+纯文本按空行切成文档（一段台词一篇），逐步骤删掉 / 改动的篇数与字节（`cleaning/stats.md`，图在 `cleaning/stats.png`；`python -m data_pipeline.cleaning` 可单独运行）：
+
+{clean_table}
 ## 损失曲线
 
 ![loss](loss.png)
@@ -136,7 +144,8 @@ def report_fields(run_name: str, corpus_label: str, preset: str, preset_descript
     missing = [k for k in STAGE_TITLES if k != "report" and k not in records]
     if missing:
         raise ValueError(f"渲染报告缺少这些阶段的记录：{', '.join(missing)}；先跑完它们（run_pipeline）")
-    corpus, tok, shards, trained = (records[k]["result"] for k in ("corpus", "tokenizer", "shards", "train"))
+    corpus, cleaned, tok, shards, trained = (records[k]["result"]
+                                             for k in ("corpus", "clean", "tokenizer", "shards", "train"))
     ev, samples = records["eval"]["result"], records["samples"]["result"]["samples"]
     cfg = trained["config"]
     stage_rows = [STAGE_ROW.format(number=i, title=STAGE_TITLES[name], seconds=rec["seconds"],
@@ -147,6 +156,8 @@ def report_fields(run_name: str, corpus_label: str, preset: str, preset_descript
     return {
         "run_name": run_name, "corpus_label": corpus_label, "preset": preset, "preset_description": preset_description,
         "corpus_source": corpus["source"], "corpus_mb": corpus["bytes"] / 1e6,
+        "clean_steps": "、".join(cleaned["steps"]), "clean_docs_in": cleaned["docs_in"],
+        "clean_docs_out": cleaned["docs_out"], "clean_mb": cleaned["bytes"] / 1e6, "clean_table": cleaned["table"],
         "vocab_size": tok["vocab_size"], "special_token": records["tokenizer"]["inputs"]["special_tokens"][0],
         "train_tokens": shards["train_tokens"], "val_tokens": shards["val_tokens"],
         "val_fraction": records["shards"]["inputs"]["val_fraction"],

@@ -124,7 +124,7 @@ def test_report_renders_from_recorded_stage_results(smoke_run):
     assert "None" not in report and "nan" not in report.lower()
     # 各节按阶段顺序：配置 → 耗时 → 损失曲线（训练）→ 用起来（导出）→ 评估 → 样例 → 下一步
     headings = re.findall(r"^## (.+)$", report, flags=re.MULTILINE)
-    assert headings == ["配置", "各阶段耗时", "损失曲线", "用起来", "评估", "样例", "下一步"]
+    assert headings == ["配置", "各阶段耗时", "数据清洗", "损失曲线", "用起来", "评估", "样例", "下一步"]
     # 耗时表的编号就是阶段在流水线里的位置（以前的报告把第 6 步排在第 4 步前面）
     rows = re.findall(r"^\| (\d+) (.+?) \| ([\d.]+) s \| (执行|跳过（指纹一致）) \|$", report, flags=re.MULTILINE)
     assert [(int(n), title) for n, title, _, _ in rows] == [
@@ -132,7 +132,8 @@ def test_report_renders_from_recorded_stage_results(smoke_run):
     assert tuple(STAGE_TITLES) == STAGES
     # 跳过的阶段在表里写"跳过"
     rerun = {name: {**rec, "skipped": True} for name, rec in records.items()}
-    assert report.count("执行 |") == 7 and render_report(*args, rerun).count("跳过（指纹一致） |") == 7
+    n = len(STAGES) - 1
+    assert report.count("执行 |") == n and render_report(*args, rerun).count("跳过（指纹一致） |") == n
 
 
 def test_report_names_a_missing_stage():
@@ -154,7 +155,7 @@ def test_changed_training_config_redoes_only_downstream(ckpt_root):
     assert executed(records) == {"train", "export", "eval", "samples", "report"}
     assert records["train"]["result"]["step"] == 8 and not records["train"]["result"]["resumed"]
     records = run_pipeline(smoke_opts("change", max_iters=8, vocab_size=300))  # 上游变化：全部下游重做
-    assert executed(records) == set(STAGES) - {"corpus"}
+    assert executed(records) == set(STAGES) - {"corpus", "clean"}
 
 
 def test_corrupted_artifact_is_not_taken_for_done(ckpt_root):
@@ -201,9 +202,9 @@ def test_disk_full_is_reported_and_next_run_resumes(ckpt_root, monkeypatch, caps
     assert exc.value.code == 28
     assert "磁盘空间不足" in capsys.readouterr().err
     stages = ckpt_root / "diskfull" / "stages"
-    assert (stages / "corpus.json").exists() and not (stages / "tokenizer.json").exists()
+    assert (stages / "clean.json").exists() and not (stages / "tokenizer.json").exists()
     records = run_pipeline(smoke_opts("diskfull", max_iters=4))
-    assert executed(records) == set(STAGES) - {"corpus"}
+    assert executed(records) == set(STAGES) - {"corpus", "clean"}
 
 
 def test_local_text_file_via_data(ckpt_root, tmp_path):
