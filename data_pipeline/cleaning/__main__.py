@@ -101,11 +101,11 @@ def demo(out: Path, tmp: Path) -> None:
     stats = run(parser.parse_args(argv))
     read = stats["read"]
     assert read["bad_utf8_skipped"] == 1 and read["bad_json_skipped"] == 1, read
-    empty = next(s for s in stats["steps"] if s["name"] == "empty")
-    assert empty["docs_removed"] == 1, empty
+    removed = {s["name"]: s["docs_removed"] for s in stats["steps"]}
+    assert removed["empty"] == 1 and removed["exact_dedup"] == 1, removed
     texts = [r["text"] for r in read_cleaned(out / "cleaned.jsonl")]
     assert texts and all(t.strip() for t in texts)
-    print(f"演示通过：{read['docs']} 篇读入 → {len(texts)} 篇输出；坏 UTF-8、坏 JSON、空文档都按策略处理")
+    print(f"演示通过：{read['docs']} 篇读入 → {len(texts)} 篇输出；坏 UTF-8、坏 JSON、空文档、精确重复都按策略处理")
 
 
 def main(argv: list[str] | None = None) -> None:

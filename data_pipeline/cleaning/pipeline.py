@@ -15,7 +15,8 @@
   （C4 的行过滤、PII 遮盖、Unicode 规范化）；原样返回且原因为 None = 不动。局部步骤可以在进程池里并行。
 - **全局步骤**（GlobalStep）：去重要看"这篇以前出现过没有"，一篇文档自己说了不算。拆成两半：
   `keys(texts) -> ndarray (n, d)` 在进程池里逐块算（精确去重是文档哈希，近似去重是 MinHash 签名），
-  `select(keys) -> {行号: 原因}` 在父进程里对全部文档的键一次算出要删的行（保留每组里最早出现的那篇）。
+  `select(keys, text) -> {行号: 原因}` 在父进程里对全部文档的键一次算出要删的行（保留每组里最早出现的那篇）；
+  `text(i)` 按需从块文件里读回第 i 行的文本，用来核对候选（哈希相同的两篇逐字比较，LSH 候选对算真实 Jaccard）。
 
 ## 2. 数据怎么流（为什么这样分三遍）
 
@@ -94,7 +95,7 @@ class LocalStep(Protocol):
 class GlobalStep(Protocol):
     """要看全部文档才能决定的步骤（去重）：keys 在进程池里逐块算，select 在父进程里一次算。
 
-    select 收到按全局顺序排列的键（只含前面步骤留下的文档），返回 {行号: 原因}：要删掉的行。
+    select 收到按全局顺序排列的键（只含前面步骤留下的文档）与按行号取文本的函数，返回 {行号: 原因}：要删掉的行。
     约定保留每组里行号最小（最早出现）的那篇，输出才与进程数无关。
     """
 
@@ -102,7 +103,7 @@ class GlobalStep(Protocol):
 
     def keys(self, texts: list[str]) -> np.ndarray: ...
 
-    def select(self, keys: np.ndarray) -> dict[int, str]: ...
+    def select(self, keys: np.ndarray, text: Callable[[int], str]) -> dict[int, str]: ...
 
 
 def is_global(step: Any) -> bool:
@@ -323,7 +324,28 @@ def iter_documents(paths: Sequence[str | os.PathLike], fmt: str = "auto", on_bad
 # ---------------------------------------------------------------------------
 # 4. 具体步骤的适配器（其它文件里的规则 → 本文件的两个协议）
 # ---------------------------------------------------------------------------
-STEP_BUILDERS: dict[str, Callable[[], Any]] = {}
+@dataclass(frozen=True)
+class ExactDedupStep:
+    """整篇精确去重（exact_dedup.doc_hash：64 位 blake2b）。哈希相同的一组留最早的一篇；
+    删之前逐字比较一次文本——64 位哈希在上亿篇时也可能碰撞，核对的代价只是读回这几篇重复文档。"""
+
+    name: str = "exact_dedup"
+
+    def keys(self, texts: list[str]) -> np.ndarray:
+        from data_pipeline.cleaning.exact_dedup import doc_hash
+
+        return np.array([doc_hash(t) for t in texts], dtype=np.uint64).reshape(len(texts), 1)
+
+    def select(self, keys: np.ndarray, text: Callable[[int], str]) -> dict[int, str]:
+        _, first, group = np.unique(keys[:, 0], return_index=True, return_inverse=True)
+        first_of = first[group.reshape(-1)]  # 每行所在组里最早的行号
+        return {i: "duplicate" for i in np.flatnonzero(first_of != np.arange(len(keys))).tolist()
+                if text(i) == text(int(first_of[i]))}
+
+
+STEP_BUILDERS: dict[str, Callable[[], Any]] = {
+    "exact_dedup": ExactDedupStep,
+}
 
 
 def available_steps() -> list[str]:
@@ -521,6 +543,27 @@ def config_digest(inputs: Sequence[Path], cfg: CleanConfig) -> str:
     return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()
 
 
+class _TextLookup:
+    """全局行号 → 文本：定位到块，整块读进来（留最近 4 块）。全局步骤只为少数候选调用它。"""
+
+    def __init__(self, chunk_dir: Path, metas: list[dict[str, Any]]) -> None:
+        self.chunk_dir = chunk_dir
+        self.chunks = [m["chunk"] for m in metas]
+        self.ends = np.cumsum([m["docs_out"] for m in metas])
+        self.cache: dict[int, list[str]] = {}
+
+    def __call__(self, row: int) -> str:
+        pos = int(np.searchsorted(self.ends, row, side="right"))
+        k = self.chunks[pos]
+        if k not in self.cache:
+            if len(self.cache) >= 4:
+                self.cache.pop(next(iter(self.cache)))
+            with open(self.chunk_dir / f"{k:06d}.jsonl", encoding="utf-8") as f:
+                self.cache[k] = [json.loads(line)["record"]["text"] for line in f]
+        start = int(self.ends[pos - 1]) if pos else 0
+        return self.cache[k][row - start]
+
+
 def clean(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, cfg: CleanConfig) -> dict[str, Any]:
     """清洗 inputs，写出 <out_dir>/cleaned.jsonl、stats.json、stats.md、stats.png，返回 stats（stats.json 的内容）。"""
     from tqdm import tqdm
@@ -581,6 +624,7 @@ def clean(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, cfg: 
 
     # 全局步骤：键按块序拼起来，逐个 select；alive 标记前面的全局步骤留下的行
     glob = [s for s in steps if is_global(s)]
+    lookup = _TextLookup(chunk_dir, metas)
     n_docs = sum(m["docs_out"] for m in metas)
     alive = np.ones(n_docs, dtype=bool)
     drop_reason: dict[int, tuple[str, str]] = {}
@@ -589,7 +633,7 @@ def clean(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, cfg: 
         parts = [np.load(chunk_dir / f"{m['chunk']:06d}.{step.name}.npy") for m in metas if m["docs_out"]]
         keys = np.concatenate(parts) if parts else np.zeros((0, 1), dtype=np.uint64)
         idx = np.flatnonzero(alive)
-        for i, reason in step.select(keys[idx]).items():
+        for i, reason in step.select(keys[idx], lambda i, idx=idx: lookup(int(idx[i]))).items():
             alive[idx[i]] = False
             drop_reason[int(idx[i])] = (step.name, f"{step.name}:{reason}")
 

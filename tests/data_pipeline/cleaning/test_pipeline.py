@@ -62,10 +62,11 @@ class ExactHash:
         return np.array([[int.from_bytes(hashlib.sha1(t.encode()).digest()[:8], "little")] for t in texts],
                         dtype=np.uint64).reshape(len(texts), 1)
 
-    def select(self, keys):
-        _, first = np.unique(keys[:, 0], return_index=True)
-        keep = set(first.tolist())
-        return {i: "duplicate" for i in range(len(keys)) if i not in keep}
+    def select(self, keys, text):
+        _, first, inverse = np.unique(keys[:, 0], return_index=True, return_inverse=True)
+        dups = {i: "duplicate" for i in range(len(keys)) if i != first[inverse[i]]}
+        assert all(text(i) == text(int(first[inverse[i]])) for i in dups)  # 按行号取回的文本对得上
+        return dups
 
 
 @dataclass(frozen=True)
@@ -275,3 +276,24 @@ def test_config_errors():
     with pytest.raises(InputError, match="--on-bad-utf8"):
         CleanConfig(on_bad_utf8="ignore").validate()
     assert P.DropEmpty().apply(" \n\t") == (None, "blank")
+
+
+# ---------------------------------------------------------------------------
+# 真实步骤（适配器）：埋好的坏文档逐条核对
+# ---------------------------------------------------------------------------
+def test_real_steps_end_to_end(tmp_path):
+    from data_pipeline.corpora import load_corpus
+
+    paras = [p for p in load_corpus("shakespeare")[:60_000].split("\n\n") if len(p) > 80][:40]
+    docs = [{"text": p, "n": i} for i, p in enumerate(paras)]
+    docs.insert(10, {"text": paras[3], "n": "dup-of-3"})  # 精确重复：删掉后出现的那篇
+    docs.insert(20, {"text": " \n\t", "n": "blank"})
+    path = tmp_path / "in.jsonl"
+    path.write_text("".join(json.dumps(d) + "\n" for d in docs), encoding="utf-8")
+    names = ["exact_dedup"]
+    stats = clean([path], tmp_path / "o", CleanConfig(steps=P.build_steps(names), chunk_docs=8, progress=False))
+    out = list(read_cleaned(tmp_path / "o" / "cleaned.jsonl"))
+    assert [r["n"] for r in out] == list(range(len(paras)))
+    assert step(stats, "exact_dedup")["reasons"]["exact_dedup:duplicate"] == {
+        "docs_removed": 1, "bytes_removed": len(paras[3].encode()), "docs_modified": 0, "bytes_modified": 0}
+    assert step(stats, "empty")["docs_removed"] == 1
