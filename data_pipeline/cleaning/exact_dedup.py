@@ -57,6 +57,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from utils.lesson_cli import lesson_args
+
 SEPARATOR = 0xFF  # 文档分隔字节：合法 UTF-8 中不会出现
 _PACK = 7  # 第一轮打包的字节数：257^7 < 2^63
 
@@ -414,4 +416,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    lesson_args(__doc__)
     main()

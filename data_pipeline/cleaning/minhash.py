@@ -52,6 +52,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from utils.lesson_cli import lesson_args
+
 SCHEMES = ("affine32", "legacy")
 MERSENNE_PRIME = (1 << 61) - 1
 MAX_HASH32 = (1 << 32) - 1
@@ -464,4 +466,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    lesson_args(__doc__)
     main()
