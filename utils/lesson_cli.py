@@ -1,4 +1,6 @@
-"""课程脚本的命令行约定：每节课都回答 --help，遇到不认识的参数立刻报错（退出码 2），而不是把整节课跑一遍。
+"""课程脚本的共同约定：命令行（--help、拒绝不认识的参数）与课程里打印的计时比值旁边那一行注记。
+
+每节课都回答 --help，遇到不认识的参数立刻报错（退出码 2），而不是把整节课跑一遍。
 
 没有参数的课程，在 main guard 里先调它再调 main()：
 
@@ -14,6 +16,9 @@
 直接调用里面的函数，那时 sys.argv 是 pytest 的参数；只有"作为脚本运行"时才该解析命令行。
 
 SMOKE=1 与它无关：规模仍由环境变量决定（utils.io.is_smoke），--help 里只是告诉学习者有这个开关。
+
+课程里顺手打印的"我们 vs 参考"耗时比只是示意：用 utils.torch_playground.benchmark_interleaved 轮流计时，
+再在旁边打印 timing_note("benchmarks/xxx.py")，告诉学习者这个数会抖、权威数字在哪。
 """
 
 from __future__ import annotations
@@ -62,6 +67,20 @@ def run_command(script: str | os.PathLike | None = None) -> str:
     if _DOUBLE_QUOTE_UNSAFE.isdisjoint(text):
         return f'python "{text}"'
     return f"python {shlex.quote(text)}"
+
+
+def timing_note(benchmark: str | None = None) -> str:
+    """课程里计时比值下面的一行注记：单次运行的比值会随机器负载波动，权威数字在 benchmarks/。
+
+    benchmark：对应的基准脚本（相对仓库根目录，例如 "benchmarks/model_lab_components.py"）；没有对应脚本时不传。
+    为什么要这一行：共享的 2 核机器上，同一节课两次运行打印的比值可以从 0.9 跳到 10 以上——交替计时
+    （benchmark_interleaved）让两边承受同样的干扰，但几次重复的中位数仍然只是一个样本；基准脚本重复得多、
+    固定线程数、记下机器负载，它写进 benchmarks/RESULTS.md 的才是可以引用的数字。
+    """
+    if benchmark is not None and not (REPO_ROOT / benchmark).is_file():
+        raise ValueError(f"基准脚本 {benchmark} 不存在；写相对仓库根目录的路径，例如 benchmarks/model_lab_components.py")
+    where = f"{benchmark}（结果在 benchmarks/RESULTS.md）" if benchmark else "benchmarks/RESULTS.md"
+    return f"  注：这只是本次运行的一个样本，机器负载会让耗时比明显波动（一次与下一次可差几倍）；权威数字见 {where}"
 
 
 def _epilog(command: str, takes_options: bool) -> str:
@@ -118,4 +137,4 @@ def lesson_args(doc: str | None = None, parser: argparse.ArgumentParser | None =
     return args
 
 
-__all__ = ["doc_summary", "lesson_args", "run_command"]
+__all__ = ["doc_summary", "lesson_args", "run_command", "timing_note"]

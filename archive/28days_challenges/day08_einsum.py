@@ -27,8 +27,8 @@ import torch.nn.functional as F
 
 from utils import exercises
 from utils.io import is_smoke
-from utils.lesson_cli import lesson_args
-from utils.torch_playground import time_block
+from utils.lesson_cli import lesson_args, timing_note
+from utils.torch_playground import benchmark_interleaved
 
 
 # =============================================================================
@@ -135,14 +135,12 @@ DEMO_REPS = 2 if is_smoke() else 20
 def demo() -> None:
     q = torch.randn(2, 4, 64, 32)
     k = torch.randn(2, 4, 64, 32)
-    with time_block("einsum", verbose=False) as t1:
-        for _ in range(DEMO_REPS):
-            s1 = torch.einsum("bhqd,bhkd->bhqk", q, k)
-    with time_block("matmul", verbose=False) as t2:
-        for _ in range(DEMO_REPS):
-            s2 = q @ k.transpose(-2, -1)
-    print(f"注意力分数 (2,4,64,32)：einsum {t1.ms / DEMO_REPS:.3f} ms vs matmul {t2.ms / DEMO_REPS:.3f} ms，"
+    s1, s2 = torch.einsum("bhqd,bhkd->bhqk", q, k), q @ k.transpose(-2, -1)
+    ms_einsum, ms_matmul = benchmark_interleaved(
+        [lambda: torch.einsum("bhqd,bhkd->bhqk", q, k), lambda: q @ k.transpose(-2, -1)], warmup=1, reps=DEMO_REPS)
+    print(f"注意力分数 (2,4,64,32)：einsum {ms_einsum:.3f} ms vs matmul {ms_matmul:.3f} ms，"
           f"最大差 {(s1 - s2).abs().max().item():.1e}")
+    print(timing_note())
     print(f"einsum 'ii->' 迹：{torch.einsum('ii->', torch.eye(3)).item()}")
 
 

@@ -34,8 +34,8 @@ import torch.nn.functional as F
 
 from utils import exercises
 from utils.io import is_smoke
-from utils.lesson_cli import lesson_args
-from utils.torch_playground import benchmark, time_block
+from utils.lesson_cli import lesson_args, timing_note
+from utils.torch_playground import benchmark_interleaved, time_block
 
 # 自检默认用 aot_eager：真正经过 Dynamo 与 AOTAutograd，却不需要 C++ 编译器，编译零点几秒；
 # 只有直接运行本文件并加 --inductor 时才用 Inductor（被测试导入时 __name__ 不是 "__main__"）
@@ -228,10 +228,10 @@ def demo() -> None:
         print(f"（Inductor 在本机编译失败，跳过演示：{type(err).__name__}: {str(err).splitlines()[0][:100]}；"
               f"自检用的 aot_eager 后端不需要编译器）")
         return
-    eager_ms = benchmark(lambda: _gelu_tanh(big))
-    fused_ms = benchmark(lambda: fused(big))
+    eager_ms, fused_ms = benchmark_interleaved([lambda: _gelu_tanh(big), lambda: fused(big)])
     print(f"Inductor：首次编译 {t.ms / 1000:.1f} s；{n} 个元素的手写 GELU eager {eager_ms:.2f} ms → 融合后 {fused_ms:.2f} ms"
           f"（{eager_ms / fused_ms:.1f}×），最大误差 {(fused(big) - _gelu_tanh(big)).abs().max().item():.1e}")
+    print(timing_note())
 
 
 # =============================================================================

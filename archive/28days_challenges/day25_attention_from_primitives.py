@@ -31,8 +31,8 @@ import torch.nn.functional as F
 
 from utils import exercises
 from utils.io import is_smoke
-from utils.lesson_cli import lesson_args
-from utils.torch_playground import benchmark
+from utils.lesson_cli import lesson_args, timing_note
+from utils.torch_playground import benchmark_interleaved
 
 
 # =============================================================================
@@ -229,9 +229,10 @@ def demo() -> None:
         mask = torch.ones(T, T, dtype=torch.bool).tril()
         return torch.softmax((q @ k.transpose(-2, -1) / math.sqrt(hs)).masked_fill(~mask, float("-inf")), -1) @ v
 
-    ms_manual = benchmark(manual, warmup=1, reps=3)
-    ms_sdpa = benchmark(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True), warmup=1, reps=3)
+    ms_manual, ms_sdpa = benchmark_interleaved(
+        [manual, lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True)], warmup=1, reps=3)
     print(f"(B, nh, T, hs) = {(B, nh, T, hs)}：手写 {ms_manual:.2f} ms，SDPA {ms_sdpa:.2f} ms（融合 kernel，不物化 T×T 的概率矩阵）")
+    print(timing_note("benchmarks/model_lab_attention.py"))
 
 
 # =============================================================================

@@ -46,7 +46,7 @@ from data_pipeline.tokenization.regex_bpe import (
     initial_vocab,
     pretoken_counts,
 )
-from utils.lesson_cli import lesson_args
+from utils.lesson_cli import lesson_args, timing_note
 
 MAX_CHUNK_BYTES = 32 << 20  # 每块最多 32 MB：再大的文件也只是块数多，单个进程的内存不变
 SMALL_FILE_BYTES = 1 << 20  # 每个预分词进程至少分到的字节数
@@ -326,6 +326,7 @@ def main() -> None:
         fast_s = time.perf_counter() - t0
         assert ours == ref, "快速训练器的 merges 必须与朴素参考逐条相同"
         print(f"{len(small):,} 字符、{len(ours)} 次合并：朴素 {naive_s:.2f} s，快速 {fast_s:.3f} s，merges 完全一致")
+        print(timing_note("benchmarks/tokenization_bpe.py"))
 
         # 2) 整个语料（SMOKE 时 200 KB、vocab 1024）：分别计时两个阶段，记下每次合并的 pair 出现了多少次
         path = corpus

@@ -41,7 +41,7 @@ from data_pipeline.tokenization.regex_bpe import (
     special_regex,
 )
 from utils.io import atomic_path, atomic_write
-from utils.lesson_cli import lesson_args
+from utils.lesson_cli import lesson_args, timing_note
 
 FORMAT_NAME = "llm-hardcore-bpe"
 FORMAT_VERSION = 1
@@ -413,6 +413,7 @@ def main() -> None:
         mb = len(text.encode("utf-8")) / 1e6
         print(f"{mb:.2f} MB，vocab {tok.vocab_size}：{mb / len(ids) * 1e6:.2f} 字节/token，与 tiktoken 逐 id 相同")
         print(f"编码吞吐：ours 冷缓存 {mb / cold:.2f} MB/s，热缓存 {mb / warm:.2f} MB/s；tiktoken {mb / tik:.2f} MB/s")
+        print(timing_note("benchmarks/tokenization_bpe.py"))
 
         hf = HFTokenizer.from_file(str(tok.save_hf(Path(tmp) / "tokenizer.json")))
         sample = text[:20_000] + f"{eot}生存还是毁灭 🙂"

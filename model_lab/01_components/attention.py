@@ -36,8 +36,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from utils.io import is_smoke, output_path
-from utils.lesson_cli import lesson_args
-from utils.torch_playground import benchmark, setup_seed
+from utils.lesson_cli import lesson_args, timing_note
+from utils.torch_playground import benchmark_interleaved, setup_seed
 
 
 # ---------------------------------------------------------------------------
@@ -290,9 +290,10 @@ def main():
     def fwd_bwd(fn):
         return lambda: fn(*qkv, is_causal=True).sum().backward()
 
-    ms_ours = benchmark(fwd_bwd(scaled_dot_product_attention), warmup=1, reps=3 if smoke else 10)
-    ms_ref = benchmark(fwd_bwd(F.scaled_dot_product_attention), warmup=1, reps=3 if smoke else 10)
+    ms_ours, ms_ref = benchmark_interleaved([fwd_bwd(scaled_dot_product_attention), fwd_bwd(F.scaled_dot_product_attention)],
+                                            warmup=1, reps=3 if smoke else 10)
     print(f"[time] B={bt} nh=8 T={tt} hs=64 前向+反向：手写 {ms_ours:.2f} ms，SDPA {ms_ref:.2f} ms，比值 {ms_ours / ms_ref:.2f}x")
+    print(timing_note("benchmarks/model_lab_attention.py"))
 
     # 6) KV cache 大小表
     print("\nKV cache（bf16，32 层，32 个 query 头，head_dim=128，即 Llama-3-8B 量级）")

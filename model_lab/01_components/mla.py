@@ -31,8 +31,8 @@ import torch
 from torch import nn
 
 from utils.io import is_smoke, output_path
-from utils.lesson_cli import lesson_args
-from utils.torch_playground import benchmark, setup_seed
+from utils.lesson_cli import lesson_args, timing_note
+from utils.torch_playground import benchmark_interleaved, setup_seed
 
 
 @dataclass
@@ -269,10 +269,10 @@ def main():
             return lambda: model(x1, pos, cache=_frozen(cache), absorb=absorb)
 
         reps = 3 if smoke else 10
-        ms_naive = benchmark(step(False), warmup=2, reps=reps)
-        ms_absorb = benchmark(step(True), warmup=2, reps=reps)
+        ms_naive, ms_absorb = benchmark_interleaved([step(False), step(True)], warmup=2, reps=reps)
     print(f"[time] 解码 1 个 token，上下文 {ctx}：朴素 {ms_naive:.2f} ms，吸收 {ms_absorb:.2f} ms，"
           f"加速 {ms_naive / ms_absorb:.1f}x")
+    print(timing_note("benchmarks/model_lab_attention.py"))
 
     # 4) KV cache 表（DeepSeek-V3：61 层、128 头，bf16）与柱状图
     layers = 61

@@ -58,8 +58,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from utils.io import is_smoke, output_path
-from utils.lesson_cli import lesson_args
-from utils.torch_playground import benchmark, setup_seed
+from utils.lesson_cli import lesson_args, timing_note
+from utils.torch_playground import benchmark_interleaved, setup_seed
 
 
 @dataclass
@@ -383,9 +383,12 @@ def main() -> None:
     moe_big = MoE(big)
     ref_big = hf_reference(moe_big)
     x = torch.randn(4, n_tok // 4, big.hidden_size, requires_grad=True)
-    for name, fn in (("按专家排序（ours）", lambda: moe_big(x)[0]), ("稠密：每个专家算全部 token", lambda: dense_moe(moe_big, x)),
-                     ("transformers MixtralSparseMoeBlock", lambda: ref_big(x))):  # fmt: skip
-        print(f"{name:36s} {benchmark(lambda: fn().sum().backward(), warmup=1, reps=reps):8.2f} ms")
+    rows = (("按专家排序（ours）", lambda: moe_big(x)[0]), ("稠密：每个专家算全部 token", lambda: dense_moe(moe_big, x)),
+            ("transformers MixtralSparseMoeBlock", lambda: ref_big(x)))  # fmt: skip
+    times = benchmark_interleaved([lambda fn=fn: fn().sum().backward() for _, fn in rows], warmup=1, reps=reps)
+    for (name, _), ms in zip(rows, times):
+        print(f"{name:36s} {ms:8.2f} ms")
+    print(timing_note("benchmarks/model_lab_moe.py"))
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     experts = torch.arange(deepseek.num_experts)

@@ -29,8 +29,8 @@ import torch
 from torch import nn
 
 from utils.io import is_smoke
-from utils.lesson_cli import lesson_args
-from utils.torch_playground import benchmark, setup_seed
+from utils.lesson_cli import lesson_args, timing_note
+from utils.torch_playground import benchmark_interleaved, setup_seed
 
 
 def _check_last_dim(x: torch.Tensor, hidden_size: int, name: str) -> None:
@@ -153,10 +153,11 @@ def main() -> None:
     x = x.detach().requires_grad_()
     rows = [("RMSNorm (ours)", RMSNorm(d)), ("LlamaRMSNorm (HF)", LlamaRMSNorm(d)),
             ("LayerNorm (ours)", LayerNorm(d)), ("nn.LayerNorm", nn.LayerNorm(d)), ("nn.RMSNorm", nn.RMSNorm(d))]
-    print(f"== 计时（前向+反向，中位数，{reps} 次）==")
-    for name, module in rows:
-        ms = benchmark(lambda m=module: m(x).sum().backward(), warmup=2, reps=reps)
+    print(f"== 计时（前向+反向，五个实现轮流各跑一次，重复 {reps} 轮取中位数）==")
+    times = benchmark_interleaved([lambda m=module: m(x).sum().backward() for _, module in rows], warmup=2, reps=reps)
+    for (name, _), ms in zip(rows, times):
         print(f"  {name:20s} {ms:8.3f} ms")
+    print(timing_note("benchmarks/model_lab_components.py"))
 
 
 if __name__ == "__main__":

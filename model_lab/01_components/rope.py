@@ -34,8 +34,8 @@ import torch
 from torch import nn
 
 from utils.io import is_smoke, output_path
-from utils.lesson_cli import lesson_args
-from utils.torch_playground import benchmark, setup_seed
+from utils.lesson_cli import lesson_args, timing_note
+from utils.torch_playground import benchmark_interleaved, setup_seed
 
 ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "llama3")
 
@@ -346,9 +346,11 @@ def main() -> None:
     assert drift < 1e-9
 
     qg, reps = q.clone().requires_grad_(), 3 if smoke else 20
-    ours_ms = benchmark(lambda: apply_rope(qg, cos, sin).sum().backward(), warmup=2, reps=reps)
-    hf_ms = benchmark(lambda: apply_rotary_pos_emb(qg, qg, cos, sin)[0].sum().backward(), warmup=2, reps=reps)
+    ours_ms, hf_ms = benchmark_interleaved([lambda: apply_rope(qg, cos, sin).sum().backward(),
+                                            lambda: apply_rotary_pos_emb(qg, qg, cos, sin)[0].sum().backward()],
+                                           warmup=2, reps=reps)
     print(f"== 计时（前向+反向，中位数）：ours {ours_ms:.3f} ms  HF {hf_ms:.3f} ms  比值 {ours_ms / hf_ms:.2f}")
+    print(timing_note("benchmarks/model_lab_components.py"))
     print(f"频谱图：{plot_spectrum(output_path('figures', 'rope_spectrum.png'))}")
 
 

@@ -37,8 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from utils.io import is_smoke, output_path
-from utils.lesson_cli import lesson_args
-from utils.torch_playground import benchmark, setup_seed
+from utils.lesson_cli import lesson_args, timing_note
+from utils.torch_playground import benchmark_interleaved, setup_seed
 
 # 名字与 transformers 的 config.hidden_act 相同，这样 HF 的 config 可以原样拿来用
 GATE_ACTIVATIONS = {
@@ -181,9 +181,10 @@ def main() -> None:
     reps = 3 if smoke else 10
     swiglu, llama_mlp = GatedMLP(d, h), LlamaMLP(LlamaConfig(hidden_size=d, num_attention_heads=1, intermediate_size=h))
     llama_mlp.load_state_dict(swiglu.state_dict())
-    ours_ms = benchmark(lambda: swiglu(x).sum().backward(), warmup=2, reps=reps)
-    hf_ms = benchmark(lambda: llama_mlp(x).sum().backward(), warmup=2, reps=reps)
+    ours_ms, hf_ms = benchmark_interleaved([lambda: swiglu(x).sum().backward(), lambda: llama_mlp(x).sum().backward()],
+                                           warmup=2, reps=reps)
     print(f"== 计时（前向+反向，中位数）：ours {ours_ms:.2f} ms  LlamaMLP {hf_ms:.2f} ms  比值 {ours_ms / hf_ms:.2f}")
+    print(timing_note("benchmarks/model_lab_components.py"))
     print(f"激活函数图：{plot_activations(output_path('figures', 'swiglu_activations.png'))}")
 
 

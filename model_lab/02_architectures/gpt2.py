@@ -551,7 +551,7 @@ def build_gpt2_hf_reference(model: GPT2, attn_implementation: str | None = None)
 @torch.no_grad()
 def decode_step_ms(model: GPT2, t: int) -> tuple[float, float]:
     """上下文已有 t 个 token 时，生成下一个 token 的一次前向耗时（毫秒）：(有 KV cache, 无 cache 全部重算)。"""
-    from utils.torch_playground import benchmark
+    from utils.torch_playground import benchmark_interleaved
 
     seq = torch.randint(0, model.config.vocab_size, (1, t + 1))
     cache = model.make_kv_cache(1, max_seq_len=t + 1)
@@ -561,7 +561,8 @@ def decode_step_ms(model: GPT2, t: int) -> tuple[float, float]:
         cache.seq_len = t  # 回到"已缓存 t 个"的状态，重复测同一步（每次写入同一个位置）
         model(seq[:, -1:], kv_cache=cache)
 
-    return benchmark(decode_one, warmup=1, reps=5), benchmark(lambda: model(seq), warmup=1, reps=5)
+    with_cache, without_cache = benchmark_interleaved([decode_one, lambda: model(seq)], warmup=1, reps=5)
+    return with_cache, without_cache
 
 
 def main() -> None:
@@ -572,6 +573,7 @@ def main() -> None:
     import transformers
 
     from utils.io import is_smoke, output_path
+    from utils.lesson_cli import timing_note
     from utils.torch_playground import benchmark, setup_seed
 
     transformers.logging.set_verbosity_error()  # 随机小模型的 config 会触发几条无关的提示
@@ -628,6 +630,7 @@ def main() -> None:
     positions = [8, 32, 64, 96, 127] if smoke else list(range(16, config.n_positions, 48)) + [config.n_positions - 1]
     with_cache, without_cache = zip(*(decode_step_ms(model, t) for t in positions))
     print(f"上下文 t={positions[-1]} 时生成一个 token：KV cache {with_cache[-1]:.2f} ms，全部重算 {without_cache[-1]:.2f} ms")
+    print(timing_note("benchmarks/model_lab_gpt2.py"))
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(positions, without_cache, marker="o", label="no cache: recompute all t + 1 tokens")
     ax.plot(positions, with_cache, marker="o", label="KV cache: 1 new token")

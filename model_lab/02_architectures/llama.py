@@ -44,7 +44,7 @@ from model_lab.kv_cache import (
     resolve_positions,
 )
 from utils.io import is_smoke
-from utils.lesson_cli import lesson_args
+from utils.lesson_cli import lesson_args, timing_note
 
 __all__ = ["Llama", "LlamaConfig", "build_llama_hf_reference", "rope_inv_freq"]
 
@@ -756,7 +756,7 @@ def build_llama_hf_reference(model: Llama, attn_implementation: str | None = Non
 
 
 def main() -> None:
-    from utils.torch_playground import benchmark, setup_seed
+    from utils.torch_playground import benchmark_interleaved, setup_seed
 
     smoke = is_smoke()
     setup_seed(0)
@@ -801,11 +801,11 @@ def main() -> None:
     model.train()
     hf.train()
     reps = 3 if smoke else 5
-    ms_hf = benchmark(lambda: step(hf, True), warmup=2, reps=reps)
-    ms_ours = benchmark(lambda: step(model, False), warmup=2, reps=reps)
+    ms_ours, ms_hf = benchmark_interleaved([lambda: step(model, False), lambda: step(hf, True)], warmup=2, reps=reps)
     tok = b * t
     print(f"前向+反向 {tok} tokens：ours {tok / ms_ours * 1e3:,.0f} tok/s，HF {tok / ms_hf * 1e3:,.0f} tok/s，"
-          f"比值 {ms_hf / ms_ours:.2f}x（完整测量见 benchmarks/model_lab_llama.py）")
+          f"吞吐比 ours/HF {ms_hf / ms_ours:.2f}x")
+    print(timing_note("benchmarks/model_lab_llama.py"))
 
 
 if __name__ == "__main__":

@@ -30,8 +30,8 @@ import torch
 from torch import nn
 
 from utils.io import is_smoke
-from utils.lesson_cli import lesson_args
-from utils.torch_playground import benchmark, setup_seed
+from utils.lesson_cli import lesson_args, timing_note
+from utils.torch_playground import benchmark_interleaved, setup_seed
 
 
 def _autocast_states() -> list[tuple[str, bool, torch.dtype]]:
@@ -179,8 +179,11 @@ def main() -> None:
     print(f"  {'none':20}: 保存的激活 {ref_bytes / 2**20:7.2f} MiB  → 检查点节省 {1 - ours_bytes / ref_bytes:.0%}"
           f"（理论：只剩每块的输入 {L}×B·T·d·4 字节 = {L * B * T * d * 4 / 2**20:.2f} MiB）")
 
-    ms = {m: benchmark(lambda m=m: model(x.requires_grad_(), m).sum().backward(), 1, 3) for m in ("none", "ours")}
+    modes = ("none", "ours")
+    ms = dict(zip(modes, benchmark_interleaved([lambda m=m: model(x.requires_grad_(), m).sum().backward() for m in modes],
+                                               warmup=1, reps=3)))
     print(f"== 前向 + 反向耗时：不检查点 {ms['none']:.1f} ms，检查点 {ms['ours']:.1f} ms（多一次前向）==")
+    print(timing_note())
 
 
 if __name__ == "__main__":

@@ -37,8 +37,8 @@ from torch import nn
 
 from training_sys.optimization._checks import check_betas, check_eps, check_lr, check_weight_decay
 from utils.io import is_smoke
-from utils.lesson_cli import lesson_args
-from utils.torch_playground import benchmark, setup_seed
+from utils.lesson_cli import lesson_args, timing_note
+from utils.torch_playground import benchmark_interleaved, setup_seed
 
 
 @torch.no_grad()
@@ -246,8 +246,9 @@ def main() -> None:
     for p in params:
         p.grad = torch.randn_like(p)
     ours, ref = AdamW(params, lr=1e-3), torch.optim.AdamW(params, lr=1e-3, foreach=False)
-    ms_ours, ms_ref = benchmark(ours.step, warmup=2, reps=5), benchmark(ref.step, warmup=2, reps=5)
+    ms_ours, ms_ref = benchmark_interleaved([ours.step, ref.step], warmup=2, reps=5)
     print(f"== 一步耗时（8 个 256×256 参数）：ours {ms_ours:.2f} ms，torch(foreach=False) {ms_ref:.2f} ms ==")
+    print(timing_note("benchmarks/training_optimizers.py"))
 
 
 if __name__ == "__main__":

@@ -22,8 +22,8 @@ from collections.abc import Iterable
 import torch
 
 from utils.io import is_smoke
-from utils.lesson_cli import lesson_args
-from utils.torch_playground import benchmark, setup_seed
+from utils.lesson_cli import lesson_args, timing_note
+from utils.torch_playground import benchmark_interleaved, setup_seed
 
 
 def clip_grad_norm(parameters: torch.Tensor | Iterable[torch.Tensor], max_norm: float, norm_type: float = 2.0,
@@ -79,9 +79,10 @@ def main() -> None:
     params = [torch.nn.Parameter(torch.zeros(s)) for s in shapes]
     for p in params:
         p.grad = torch.randn_like(p)
-    ms = benchmark(lambda: clip_grad_norm(params, 1.0), 2, 5)
-    ms_ref = benchmark(lambda: torch.nn.utils.clip_grad_norm_(params, 1.0), 2, 5)
+    ms, ms_ref = benchmark_interleaved([lambda: clip_grad_norm(params, 1.0),
+                                        lambda: torch.nn.utils.clip_grad_norm_(params, 1.0)], warmup=2, reps=5)
     print(f"== 耗时：ours {ms:.2f} ms，torch {ms_ref:.2f} ms ==")
+    print(timing_note("benchmarks/training_optimizers.py"))
 
 
 if __name__ == "__main__":

@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 
 from utils.io import is_smoke
-from utils.lesson_cli import lesson_args
-from utils.torch_playground import benchmark, setup_seed
+from utils.lesson_cli import lesson_args, timing_note
+from utils.torch_playground import benchmark_interleaved, setup_seed
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -153,9 +153,11 @@ def main() -> None:
     print(f"== gradcheck（fp64，ε=0.1，z_loss=1e-2）：{ok} ==")
 
     x1, x2 = logits.clone().requires_grad_(), logits.clone().requires_grad_()
-    ms = benchmark(lambda: cross_entropy(x1, target).backward(), 1, 3)
-    ms_ref = benchmark(lambda: F.cross_entropy(x2.view(-1, V), target.view(-1)).backward(), 1, 3)
+    ms, ms_ref = benchmark_interleaved([lambda: cross_entropy(x1, target).backward(),
+                                        lambda: F.cross_entropy(x2.view(-1, V), target.view(-1)).backward()],
+                                       warmup=1, reps=3)
     print(f"== 前向 + 反向耗时：ours {ms:.2f} ms，F.cross_entropy {ms_ref:.2f} ms ==")
+    print(timing_note("benchmarks/training_optimizers.py"))
 
 
 if __name__ == "__main__":

@@ -25,8 +25,8 @@ import torch
 
 from training_sys.optimization._checks import check_lr, check_momentum, check_weight_decay
 from utils.io import is_smoke
-from utils.lesson_cli import lesson_args
-from utils.torch_playground import benchmark, setup_seed
+from utils.lesson_cli import lesson_args, timing_note
+from utils.torch_playground import benchmark_interleaved, setup_seed
 
 
 class SGD(torch.optim.Optimizer):
@@ -110,8 +110,9 @@ def main() -> None:
         p.grad = torch.randn_like(p)
     ours = SGD(params, lr=1e-3, momentum=0.9, nesterov=True)
     ref = torch.optim.SGD(params, lr=1e-3, momentum=0.9, nesterov=True, foreach=False)
-    print(f"== 一步耗时（8 个 256×256）：ours {benchmark(ours.step, 2, 5):.2f} ms，"
-          f"torch(foreach=False) {benchmark(ref.step, 2, 5):.2f} ms ==")
+    ms_ours, ms_ref = benchmark_interleaved([ours.step, ref.step], warmup=2, reps=5)
+    print(f"== 一步耗时（8 个 256×256）：ours {ms_ours:.2f} ms，torch(foreach=False) {ms_ref:.2f} ms ==")
+    print(timing_note("benchmarks/training_optimizers.py"))
 
 
 if __name__ == "__main__":
