@@ -62,3 +62,27 @@ def update_results(key: str, markdown: str, path: Path = RESULTS_MD) -> None:
         atomic_write(path, text)
     shown = path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path
     print(f"已更新 {shown} 的 [{key}] 段")
+
+
+def corpus_file(corpus: str, data: str | os.PathLike | None = None, smoke: bool = False) -> Path | None:
+    """基准读的文本文件：给了 data（--data）就用它；否则用语料注册表 data_pipeline.corpora 里的 corpus（--corpus）。
+
+    语料缓存在 data/corpora/（git 不跟踪）：缓存里没有就构建（shakespeare，离线）或下载（tinyshakespeare 等）；
+    离线又没有缓存时，报错消息写明文件从哪来、手动放到哪——原样打印后退出，不是一串 urllib 的 traceback。
+    SMOKE 时绝不联网（测试离线）：需要下载的语料不在缓存里就返回 None，调用方改用内置的 shakespeare 语料。
+    """
+    from data_pipeline.corpora import CORPORA, CorpusUnavailableError, cache_file, corpus_path
+
+    if data is not None:
+        path = Path(data)
+        if not path.is_file():
+            raise SystemExit(f"--data {path}：文件不存在；去掉 --data 改用 --corpus（默认 tinyshakespeare，自动下载）")
+        return path
+    if corpus not in CORPORA:
+        raise SystemExit(f"未知语料 {corpus!r}；已注册的语料有：{', '.join(sorted(CORPORA))}")
+    if smoke and CORPORA[corpus].url is not None and not cache_file(corpus).is_file():
+        return None
+    try:
+        return corpus_path(corpus)
+    except CorpusUnavailableError as exc:
+        raise SystemExit(str(exc)) from None

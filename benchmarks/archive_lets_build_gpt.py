@@ -4,11 +4,13 @@ nanoGPT README 的 CPU 配方（4 层、4 头、n_embd 128、block 64、batch 12
 cosine 降到 1e-4、betas (0.9, 0.99)、weight decay 0.1、梯度裁剪 1.0、dropout 0、val loss 在 20 个随机 batch 上估计），
 在这台机器上得到 val loss 1.886、约 100 ms/iter。我们的脚本用同一配方、同一份数据，目标 val loss ≤ 1.90。
 
-    PYTHONPATH=. .venv/bin/python benchmarks/archive_lets_build_gpt.py [--data PATH]
+    PYTHONPATH=. .venv/bin/python benchmarks/archive_lets_build_gpt.py [--corpus tinyshakespeare | --data PATH]
 
 脚本作为子进程运行（就是学习者会敲的那条命令），解析它的最后一行 `final: train_loss=… val_loss=…`
 与 `timing:` 行（训练步的 ms/iter，不含评估），再量整条命令的墙钟时间。
-SMOKE=1 时只跑几步、不写 RESULTS.md；此时若没有 tiny-shakespeare，就用内置语料代替。
+数据：默认 --corpus tinyshakespeare（nanoGPT 的 input.txt；语料注册表 data_pipeline.corpora 第一次用时下载到
+data/corpora/，离线时报错写明文件放到哪里），原样传给脚本的 --corpus；--data PATH 换成任意文本文件。
+SMOKE=1 时只跑几步、不写 RESULTS.md、不联网；此时若 tiny-shakespeare 不在缓存里，就用内置语料代替。
 """
 
 from __future__ import annotations
@@ -22,12 +24,12 @@ import sys
 import time
 from pathlib import Path
 
-from _common import REPO_ROOT, machine_info, update_results
+from _common import REPO_ROOT, corpus_file, machine_info, update_results
 
 from utils.io import is_smoke
 
 SCRIPT = REPO_ROOT / "archive" / "Let's_build_GPT" / "let's_build_gpt.py"
-DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
+DEFAULT_CORPUS = "tinyshakespeare"
 NANOGPT_VAL_LOSS = 1.886  # nanoGPT 在同一配方、同一台机器上的结果
 NANOGPT_MS_PER_ITER = 100.0
 TARGET_VAL_LOSS = 1.90
@@ -46,10 +48,9 @@ FINAL_LINE = re.compile(r"final: train_loss=([\d.]+) val_loss=([\d.]+)")
 TIMING_LINE = re.compile(r"timing: train_s=([\d.]+) eval_s=([\d.]+) ms_per_iter=([\d.]+)")
 
 
-def run_recipe(data: Path | None, smoke: bool) -> tuple[list[str], dict]:
-    cmd = [sys.executable, str(SCRIPT.relative_to(REPO_ROOT)), *RECIPE]
-    if data is not None:
-        cmd += ["--data", os.path.relpath(data, REPO_ROOT)]  # 子进程在仓库根目录运行
+def run_recipe(source: list[str], smoke: bool) -> tuple[list[str], dict]:
+    """source：数据来源参数，["--corpus", 名字]、["--data", 路径] 或 []（脚本的默认语料）。"""
+    cmd = [sys.executable, str(SCRIPT.relative_to(REPO_ROOT)), *RECIPE, *source]
     if smoke:
         cmd += SMOKE_OVERRIDES
     start = time.perf_counter()
@@ -77,23 +78,25 @@ def run_recipe(data: Path | None, smoke: bool) -> tuple[list[str], dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
-                        help="tiny-shakespeare 文本文件的路径（nanoGPT 的 input.txt，1,115,394 个字符），只按路径读取、不复制进仓库；"
-                             "默认 %(default)s；SMOKE=1 时找不到就改用内置的莎士比亚语料")
+    parser.add_argument("--corpus", default=DEFAULT_CORPUS,
+                        help="data_pipeline.corpora 里的语料名，原样传给脚本的 --corpus；默认 %(default)s（nanoGPT 的 "
+                             "input.txt，1,115,394 个字符，第一次用时下载到 data/corpora/）；SMOKE=1 时不下载，"
+                             "缓存里没有就改用脚本默认的内置 shakespeare 语料")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="直接给一个 UTF-8 文本文件的路径（给了就不用 --corpus）；默认 不用")
     args = parser.parse_args()
     smoke = is_smoke()
-    data: Path | None = args.data
-    if not data.is_file():
-        msg = (
-            f"找不到 tiny-shakespeare：{data}。它是 nanoGPT 的 input.txt（1,115,394 个字符），"
-            f"用 --data PATH 指给本脚本（不要把它复制进仓库）"
-        )
-        if not smoke:
-            sys.exit(msg)
-        print(f"[SMOKE] {msg}；试跑改用内置语料")
-        data = None
+    # 先在这里取到文件（下载或报错写明放到哪），子进程里的脚本再按同一个语料名读缓存
+    path = corpus_file(args.corpus, args.data, smoke)
+    if path is None:
+        print(f"[SMOKE] 语料 {args.corpus} 不在缓存里（SMOKE 不下载），试跑改用脚本默认的内置语料")
+        source = []
+    elif args.data is not None:
+        source = ["--data", os.path.relpath(path, REPO_ROOT)]  # 子进程在仓库根目录运行
+    else:
+        source = ["--corpus", args.corpus]
 
-    cmd, r = run_recipe(data, smoke)
+    cmd, r = run_recipe(source, smoke)
     # 脚本路径里有撇号：用双引号括起来，和 README / Makefile 里的写法一致
     shown = f'python "{cmd[1]}" ' + " ".join(shlex.quote(c) for c in cmd[2:])
     ok = r["val_loss"] <= TARGET_VAL_LOSS

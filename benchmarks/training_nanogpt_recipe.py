@@ -12,10 +12,13 @@ nanoGPT README 的 CPU 配方：4 层、4 头、n_embd 128、block 64、batch 12
           4·128 的 GELU MLP 相当；RoPE、RMSNorm、不共享 lm_head）
   muon    同一个 Llama，Muon（隐藏层矩阵）+ AdamW（嵌入、lm_head、norm），步数按实测的每步耗时折算成与 adamw 相同的墙钟
 
+数据：默认 --corpus tinyshakespeare（nanoGPT 的 input.txt，语料注册表 data_pipeline.corpora 第一次用时下载到
+data/corpora/，离线时报错写明文件放到哪里）；--data PATH 换成任意文本文件。
+
 三者最后都用同一个评估（training_sys.pretrain.estimate_loss：同一种子的 20 个 batch，nanoGPT 的 eval_iters=20）
 再加一个 200 个 batch 的评估（噪声小得多），所以 val loss 可以直接比较。
 
-    PYTHONPATH=. .venv/bin/python benchmarks/training_nanogpt_recipe.py [--data PATH] [--threads 1]
+    PYTHONPATH=. .venv/bin/python benchmarks/training_nanogpt_recipe.py [--corpus tinyshakespeare | --data PATH] [--threads 1]
     SMOKE=1 PYTHONPATH=. .venv/bin/python benchmarks/training_nanogpt_recipe.py   # 几秒钟，不写 RESULTS.md
 
 GPU：有 CUDA 时另跑 nanoGPT 的 GPU 配方（6 层、6 头、384 维、block 256、batch 64、5000 步；nanoGPT 在 A100 上 1.47）；
@@ -27,19 +30,19 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shlex
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
-from _common import REPO_ROOT, machine_info, update_results
+from _common import corpus_file, machine_info, update_results
 
 from training_sys.data import load_char_data
 from training_sys.pretrain import TrainConfig, estimate_loss, train
 from utils.io import is_smoke, output_path
 
-DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
+DEFAULT_CORPUS = "tinyshakespeare"
 NANOGPT_VAL_LOSS = 1.886  # nanoGPT 本身在同一配方、这台机器上的结果（来自 issue）
 NANOGPT_MS_PER_ITER = 100.0
 TARGET_VAL_LOSS = 1.80
@@ -142,9 +145,11 @@ def interleaved_ms_per_iter(data, data_path: Path, r: dict, threads: int, rounds
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", default=str(DEFAULT_DATA),
-                        help="tiny-shakespeare 文本文件的路径（nanoGPT 的 input.txt），只按路径读取、不复制进仓库；"
-                             "默认 %(default)s；SMOKE=1 时找不到就改用内置的莎士比亚语料")
+    parser.add_argument("--corpus", default=DEFAULT_CORPUS,
+                        help="data_pipeline.corpora 里的语料名；默认 %(default)s（nanoGPT 的 input.txt，1,115,394 个字符，"
+                             "第一次用时下载到 data/corpora/）；SMOKE=1 时不下载，缓存里没有就改用内置的 shakespeare 语料")
+    parser.add_argument("--data", default=None,
+                        help="直接给一个 UTF-8 文本文件的路径（给了就不用 --corpus）；默认 不用")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch 的 CPU 线程数（torch.set_num_threads），参照与 ours 两边相同；默认 %(default)s："
                              "2 核机器被其他进程占用时 1 个线程最快")
@@ -153,13 +158,12 @@ def main() -> None:
                              "仍由 AdamW 按配方的 lr 更新；默认 %(default)s")
     args = parser.parse_args()
     smoke = is_smoke()
-    data_path = Path(args.data)
-    if not data_path.is_file():
-        if not smoke:
-            sys.exit(f"找不到 {data_path}：这个基准对照 nanoGPT 的 tiny-shakespeare，用 --data 指向它的 input.txt")
+    data_path = corpus_file(args.corpus, args.data, smoke)
+    if data_path is None:  # SMOKE 且 tiny-shakespeare 不在缓存里：不联网，用内置语料试跑
         from data_pipeline.corpora import corpus_path
 
-        data_path = corpus_path("shakespeare")  # SMOKE：没有 tiny-shakespeare 时用内置语料
+        print(f"[SMOKE] 语料 {args.corpus} 不在缓存里（SMOKE 不下载），试跑改用内置的 shakespeare 语料")
+        data_path = corpus_path("shakespeare")
     r = dict(RECIPE)
     if smoke:
         r.update(n_layer=2, n_head=2, n_embd=32, max_iters=10, warmup_iters=2, eval_iters=2)
@@ -231,6 +235,7 @@ def main() -> None:
     speed = f"每步耗时（目标：不多于参照，同负载交替计时）：eager {ours_ms_il / ref_ms_il:.2f}×"
     if compiled is not None:
         speed += f"，两边都 torch.compile {compiled[1] / compiled[0]:.2f}×"
+    source = f"--data {shlex.quote(args.data)}" if args.data else f"--corpus {args.corpus}"
     md = f"""### 预训练循环 vs nanoGPT CPU 配方（字符级 tiny-shakespeare）
 
 {machine_info()} · torch 线程 {args.threads} · 负载（1/5/15 分钟）开始 {load_before}，结束 {load_after}（2 核机器与其他任务共用）
@@ -243,7 +248,7 @@ betas (0.9, 0.99)、wd 0.1、裁剪 1.0、dropout 0。Llama 的 SwiGLU 隐层 34
 
 目标 val loss ≤ {TARGET_VAL_LOSS}（AdamW，同样的步数）：{verdict}。{speed}。{gpu_line}
 
-    PYTHONPATH=. .venv/bin/python benchmarks/training_nanogpt_recipe.py --data ../shared/data/tinyshakespeare.txt
+    PYTHONPATH=. .venv/bin/python benchmarks/training_nanogpt_recipe.py {source}
 """
     print(md)
     update_results("training_nanogpt_recipe", md)

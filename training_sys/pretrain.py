@@ -1,7 +1,7 @@
 """预训练循环：数据 → Llama → AdamW/Muon + 调度 + 裁剪 → 评估、样例、checkpoint、日志，可精确续训。
 
     python -m training_sys.pretrain                                  # 默认：nanoGPT CPU 配方，内置莎士比亚语料（字符级）
-    python -m training_sys.pretrain --data ../shared/data/tinyshakespeare.txt --run shakespeare_char
+    python -m training_sys.pretrain --corpus tinyshakespeare --run shakespeare_char   # 第一次用时下载到 data/corpora/
     python -m training_sys.pretrain --shards checkpoints/tok --n-layer 6 --n-embd 384 --block-size 256
     python -m training_sys.pretrain --run shakespeare_char --resume  # 从 checkpoints/shakespeare_char/latest 接着训练
     python -m training_sys.pretrain --config my_run.json --lr 3e-4   # 配置文件 + 命令行覆盖（命令行优先）

@@ -37,3 +37,66 @@ def test_update_results_rejects_bad_key(tmp_path):
 def test_machine_info_names_versions():
     info = common.machine_info()
     assert "torch" in info and "Python" in info
+
+
+# ---------------------------------------------------------------------------
+# corpus_file：基准的数据来源（--corpus / --data），SMOKE 时不联网
+# ---------------------------------------------------------------------------
+@pytest.fixture
+def data_dir(tmp_path, monkeypatch):
+    """语料缓存指向临时目录；_fetch 默认"离线"（真联网的测试不存在）。返回 (缓存目录, 被调用的 URL 列表)。"""
+    from data_pipeline import corpora
+
+    monkeypatch.setenv("LLM_DATA_DIR", str(tmp_path / "data"))
+    calls: list[str] = []
+
+    def offline(url, timeout=None):
+        calls.append(url)
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(corpora, "_fetch", offline)
+    return tmp_path / "data" / "corpora", calls
+
+
+def test_corpus_file_prefers_an_explicit_data_file(tmp_path, data_dir):
+    text = tmp_path / "input.txt"
+    text.write_text("hello")
+    assert common.corpus_file("tinyshakespeare", text) == text
+    with pytest.raises(SystemExit, match="--data .*文件不存在"):
+        common.corpus_file("tinyshakespeare", tmp_path / "missing.txt")
+    assert data_dir[1] == []
+
+
+def test_corpus_file_never_downloads_under_smoke(data_dir):
+    assert common.corpus_file("tinyshakespeare", smoke=True) is None
+    assert data_dir[1] == []
+
+
+def test_corpus_file_uses_the_cache(data_dir):
+    cache = data_dir[0] / "tinyshakespeare.txt"
+    cache.parent.mkdir(parents=True)
+    cache.write_text("First Citizen:\nBefore we proceed any further, hear me speak.\n")
+    assert common.corpus_file("tinyshakespeare") == cache
+    assert common.corpus_file("tinyshakespeare", smoke=True) == cache
+    assert data_dir[1] == []
+
+
+def test_corpus_file_offline_says_where_to_put_the_file(data_dir):
+    with pytest.raises(SystemExit) as exc:
+        common.corpus_file("tinyshakespeare")
+    msg = str(exc.value.code)
+    assert "手动解决" in msg and str(data_dir[0] / "tinyshakespeare.txt") in msg and "char-rnn" in msg
+    assert len(data_dir[1]) == 1  # 试过一次下载
+
+
+def test_corpus_file_downloads_when_online(data_dir, monkeypatch):
+    from data_pipeline import corpora
+
+    monkeypatch.setattr(corpora, "_fetch", lambda url, timeout=None: b"First Citizen:\nSpeak, speak.\n")
+    path = common.corpus_file("tinyshakespeare")
+    assert path == data_dir[0] / "tinyshakespeare.txt" and path.read_text().startswith("First Citizen")
+
+
+def test_corpus_file_rejects_an_unknown_corpus(data_dir):
+    with pytest.raises(SystemExit, match="tinyshakespeare"):
+        common.corpus_file("tiny-shakespeare")
