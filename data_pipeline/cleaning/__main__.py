@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def demo_corpus(directory: Path) -> list[Path]:
-    """一份小语料：莎士比亚的几段台词，外加埋进去的空文档、重复、坏 UTF-8 与坏 JSON 行。"""
+    """一份小语料：莎士比亚的几段台词，外加埋进去的空文档、重复、邮箱、坏 UTF-8 与坏 JSON 行。"""
     from data_pipeline.corpora import load_corpus
 
     paras = [p for p in load_corpus("shakespeare")[:40_000].split("\n\n") if p.strip()]
@@ -89,7 +89,8 @@ def demo_corpus(directory: Path) -> list[Path]:
     lines = [json.dumps({"text": paras[31], "url": "https://example.org/a"}),
              json.dumps({"text": "   \n  ", "url": "https://example.org/empty"}),
              "{not json",
-             json.dumps({"text": paras[32], "url": "https://example.org/b"})]
+             json.dumps({"text": paras[32], "url": "https://example.org/b"}),
+             json.dumps({"text": "Questions? Mail the Globe at box-office@globe.example.org", "url": "https://example.org/c"})]
     jsonl.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return [text, jsonl]
 
@@ -103,9 +104,10 @@ def demo(out: Path, tmp: Path) -> None:
     assert read["bad_utf8_skipped"] == 1 and read["bad_json_skipped"] == 1, read
     removed = {s["name"]: s["docs_removed"] for s in stats["steps"]}
     assert removed["empty"] == 1 and removed["exact_dedup"] == 1, removed
+    assert next(s for s in stats["steps"] if s["name"] == "pii")["docs_modified"] == 1
     texts = [r["text"] for r in read_cleaned(out / "cleaned.jsonl")]
     assert texts and all(t.strip() for t in texts)
-    print(f"演示通过：{read['docs']} 篇读入 → {len(texts)} 篇输出；坏 UTF-8、坏 JSON、空文档、精确重复都按策略处理")
+    print(f"演示通过：{read['docs']} 篇读入 → {len(texts)} 篇输出；坏 UTF-8、坏 JSON、空文档、精确重复、邮箱都按策略处理")
 
 
 def main(argv: list[str] | None = None) -> None:

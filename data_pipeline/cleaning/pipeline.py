@@ -49,6 +49,7 @@ JSONL：每行一个对象，必须有字符串字段 "text"，其它字段原�
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -325,6 +326,21 @@ def iter_documents(paths: Sequence[str | os.PathLike], fmt: str = "auto", on_bad
 # 4. 具体步骤的适配器（其它文件里的规则 → 本文件的两个协议）
 # ---------------------------------------------------------------------------
 @dataclass(frozen=True)
+class PIIStep:
+    """PII 遮盖（pii.mask_pii）：邮箱、电话、IPv4/IPv6 换成占位符。原因码是这篇里出现的种类，例如 "email+phone"。"""
+
+    name: str = "pii"
+
+    def apply(self, text: str) -> tuple[str | None, str | None]:
+        from data_pipeline.cleaning.pii import KINDS, mask_pii
+
+        result = mask_pii(text)
+        if result.text == text:
+            return text, None
+        return result.text, "+".join(k for k in KINDS if result.counts.get(k))
+
+
+@dataclass(frozen=True)
 class ExactDedupStep:
     """整篇精确去重（exact_dedup.doc_hash：64 位 blake2b）。哈希相同的一组留最早的一篇；
     删之前逐字比较一次文本——64 位哈希在上亿篇时也可能碰撞，核对的代价只是读回这几篇重复文档。"""
@@ -343,8 +359,56 @@ class ExactDedupStep:
                 if text(i) == text(int(first_of[i]))}
 
 
+@functools.lru_cache(maxsize=4)
+def _minhasher(num_perm: int, seed: int) -> Any:
+    from data_pipeline.cleaning.minhash import MinHasher
+
+    return MinHasher(num_perm, seed)
+
+
+@dataclass(frozen=True)
+class NearDedupStep:
+    """近似去重（minhash.py）：进程池里每块算 MinHash 签名（键），父进程里 LSH 分桶出候选对，
+    按需读回候选的文本算真实 Jaccard 核对（≥ threshold 才算重复，去掉 LSH 的误报），并查集聚类，每簇留最早的一篇。
+
+    默认词 5-gram、128 个排列、阈值 0.8：(b, r) 由 minhash.optimal_bands 按误报 / 漏报面积之和最小选出。
+    """
+
+    threshold: float = 0.8
+    num_perm: int = 128
+    n: int = 5
+    unit: str = "word"
+    seed: int = 1
+    name: str = "near_dedup"
+
+    def keys(self, texts: list[str]) -> np.ndarray:
+        from data_pipeline.cleaning.minhash import shingles
+
+        return _minhasher(self.num_perm, self.seed).signatures([shingles(t, self.n, self.unit) for t in texts])
+
+    def select(self, keys: np.ndarray, text: Callable[[int], str]) -> dict[int, str]:
+        from data_pipeline.cleaning.minhash import UnionFind, jaccard, lsh_candidate_pairs, optimal_bands, shingles
+
+        bands, rows = optimal_bands(self.threshold, self.num_perm)
+        uf = UnionFind(len(keys))
+        cache: dict[int, set[bytes]] = {}
+
+        def shingle_set(i: int) -> set[bytes]:
+            if i not in cache:
+                cache[i] = shingles(text(i), self.n, self.unit)
+            return cache[i]
+
+        for i, j in lsh_candidate_pairs(keys, bands, rows).tolist():
+            # 已在同一簇的对不必再核对：并查集的连通分量与核对顺序无关，结果确定
+            if uf.find(i) != uf.find(j) and jaccard(shingle_set(i), shingle_set(j)) >= self.threshold:
+                uf.union(i, j)
+        return {i: "near_duplicate" for group in uf.groups() for i in group[1:]}
+
+
 STEP_BUILDERS: dict[str, Callable[[], Any]] = {
+    "pii": PIIStep,
     "exact_dedup": ExactDedupStep,
+    "near_dedup": NearDedupStep,
 }
 
 
@@ -544,7 +608,7 @@ def config_digest(inputs: Sequence[Path], cfg: CleanConfig) -> str:
 
 
 class _TextLookup:
-    """全局行号 → 文本：定位到块，整块读进来（留最近 4 块）。全局步骤只为少数候选调用它。"""
+    """全局行号 → 文本：定位到块，整块读进来（留最近 16 块）。全局步骤只为少数候选调用它。"""
 
     def __init__(self, chunk_dir: Path, metas: list[dict[str, Any]]) -> None:
         self.chunk_dir = chunk_dir
@@ -556,7 +620,7 @@ class _TextLookup:
         pos = int(np.searchsorted(self.ends, row, side="right"))
         k = self.chunks[pos]
         if k not in self.cache:
-            if len(self.cache) >= 4:
+            if len(self.cache) >= 16:
                 self.cache.pop(next(iter(self.cache)))
             with open(self.chunk_dir / f"{k:06d}.jsonl", encoding="utf-8") as f:
                 self.cache[k] = [json.loads(line)["record"]["text"] for line in f]

@@ -284,16 +284,24 @@ def test_config_errors():
 def test_real_steps_end_to_end(tmp_path):
     from data_pipeline.corpora import load_corpus
 
-    paras = [p for p in load_corpus("shakespeare")[:60_000].split("\n\n") if len(p) > 80][:40]
+    paras = [p for p in load_corpus("shakespeare")[:300_000].split("\n\n") if len(p.split()) >= 60][:30]
     docs = [{"text": p, "n": i} for i, p in enumerate(paras)]
-    docs.insert(10, {"text": paras[3], "n": "dup-of-3"})  # 精确重复：删掉后出现的那篇
-    docs.insert(20, {"text": " \n\t", "n": "blank"})
+    words = paras[5].split()
+    near = " ".join(words[:-3] + ["quoth", "the", "raven"])  # 换掉最后 3 个词：5-gram Jaccard 仍 ≥ 0.8
+    pii = "Write to romeo@verona.it or call (555) 123-4567 before the masque."
+    docs[12:12] = [{"text": paras[3], "n": "dup-of-3"}, {"text": near, "n": "near-5"}, {"text": " \n\t", "n": "blank"},
+                   {"text": pii, "n": "pii"}]
     path = tmp_path / "in.jsonl"
     path.write_text("".join(json.dumps(d) + "\n" for d in docs), encoding="utf-8")
-    names = ["exact_dedup"]
+    names = ["pii", "exact_dedup", "near_dedup"]
     stats = clean([path], tmp_path / "o", CleanConfig(steps=P.build_steps(names), chunk_docs=8, progress=False))
     out = list(read_cleaned(tmp_path / "o" / "cleaned.jsonl"))
-    assert [r["n"] for r in out] == list(range(len(paras)))
+    assert [r["n"] for r in out] == [*range(12), "pii", *range(12, len(paras))]
+    assert out[12]["text"] == "Write to <EMAIL> or call <PHONE> before the masque."
+    assert step(stats, "pii")["reasons"] == {"pii:email+phone": {
+        "docs_removed": 0, "bytes_removed": 0, "docs_modified": 1, "bytes_modified": len(pii) - len(out[12]["text"])}}
     assert step(stats, "exact_dedup")["reasons"]["exact_dedup:duplicate"] == {
         "docs_removed": 1, "bytes_removed": len(paras[3].encode()), "docs_modified": 0, "bytes_modified": 0}
+    assert step(stats, "near_dedup")["reasons"]["near_dedup:near_duplicate"]["docs_removed"] == 1
+    assert step(stats, "near_dedup")["examples"]["near_dedup:near_duplicate"][0]["source"] == f"{path}:14"
     assert step(stats, "empty")["docs_removed"] == 1
