@@ -171,7 +171,8 @@ def stage_corpus(pipe: Pipeline, opts: Options, preset: Preset) -> dict[str, Any
 # 清洗步骤（data_pipeline.cleaning）。莎士比亚的一段台词多数不足 50 个词、很多行不以句号结尾：面向网页的
 # Gopher / C4 / FineWeb 质量规则会删掉大半台词，所以 make run 只用不改变文体的步骤；网页语料换成全套规则
 # （python -m data_pipeline.cleaning 的默认步骤）。空文档总是先被删掉。
-CLEAN_STEPS: tuple[str, ...] = ("exact_dedup",)
+CLEAN_STEPS: tuple[str, ...] = ("pii", "exact_dedup", "near_dedup")
+CLEAN_PARALLEL_BYTES = 1_000_000  # 语料超过它才起 2 个进程：更小的语料（SMOKE 的 200 KB）起进程池比算还慢
 
 
 def stage_clean(pipe: Pipeline, opts: Options, corpus: dict[str, Any]) -> dict[str, Any]:
@@ -183,8 +184,10 @@ def stage_clean(pipe: Pipeline, opts: Options, corpus: dict[str, Any]) -> dict[s
 
     def run() -> tuple[list[Path], dict[str, Any]]:
         # resume=True：本阶段被杀之后重跑，已完成的块直接复用（块的配置摘要含输入文件的大小与修改时间）
-        stats = clean([corpus["result"]["path"]], out, CleanConfig(steps=build_steps(CLEAN_STEPS), resume=True,
-                                                                  progress=opts.progress))
+        # 进程数不进指纹：输出与进程数无关（tests/data_pipeline/cleaning/test_pipeline.py 核对 1 与 2 个进程逐字节相同）
+        workers = 2 if corpus["result"]["bytes"] > CLEAN_PARALLEL_BYTES and (os.cpu_count() or 1) > 1 else 1
+        stats = clean([corpus["result"]["path"]], out, CleanConfig(steps=build_steps(CLEAN_STEPS), workers=workers,
+                                                                  resume=True, progress=opts.progress))
         path = jsonl_to_text(out / "cleaned.jsonl", pipe.run_dir / "data" / "cleaned.txt")
         # 产物只列确定性的文件（stats.json 里有耗时）：重做得到逐字节相同的文本时，下游照样跳过
         return [path, out / "cleaned.jsonl", out / "stats.md"], {

@@ -596,11 +596,13 @@ def _ordered_map(fn: Callable, tasks: Iterator, workers: int, ctx: _ChunkContext
 # 6. 整条流水线
 # ---------------------------------------------------------------------------
 def config_digest(inputs: Sequence[Path], cfg: CleanConfig) -> str:
-    """配置摘要：输入文件（路径、大小、修改时间）+ 步骤（repr，含全部阈值）+ 影响输出的选项。
+    """配置摘要：输入文件（路径、大小、修改时间）+ 步骤（repr，含全部阈值）+ 影响输出的选项 + 本包源码的哈希。
 
     用修改时间而不是内容哈希：续跑前不必把整个语料再读一遍算哈希；文件被改写过，修改时间就变，所有块重算。
+    源码哈希：改了某条规则的实现（阈值没变、repr 也没变）之后续跑，旧块不能再用。
     """
-    desc = {"version": FORMAT_VERSION,
+    code = hashlib.sha256(b"".join(_sha256(p).encode() for p in sorted(Path(__file__).parent.glob("*.py"))))
+    desc = {"version": FORMAT_VERSION, "code": code.hexdigest(),
             "inputs": [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in inputs],
             "steps": [repr(s) for s in cfg.steps], "chunk_docs": cfg.chunk_docs, "fmt": cfg.fmt,
             "on_bad_utf8": cfg.on_bad_utf8, "on_bad_json": cfg.on_bad_json}
@@ -646,6 +648,8 @@ def clean(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, cfg: 
     if not cfg.resume and chunk_dir.exists():
         shutil.rmtree(chunk_dir)
     chunk_dir.mkdir(parents=True, exist_ok=True)
+    for tmp in chunk_dir.glob(".*.tmp"):  # 被 kill -9 的上一次运行留下的临时文件（从没被 rename 成产物）
+        tmp.unlink()
     atomic_write(out / "manifest.json", json.dumps(
         {"version": FORMAT_VERSION, "digest": digest, "inputs": [str(p) for p in paths],
          "steps": [repr(s) for s in steps], "chunk_docs": cfg.chunk_docs}, ensure_ascii=False, indent=2) + "\n")
@@ -677,8 +681,8 @@ def clean(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, cfg: 
     metas.sort(key=lambda m: m["chunk"])
     # 输入变短了（续跑时）：上次留下的编号更大的块不属于这次
     n_chunks = len(metas)
-    for stale in chunk_dir.glob("*.json"):
-        if stale.stem.isdigit() and int(stale.stem) >= n_chunks:
+    for stale in chunk_dir.iterdir():
+        if stale.name[:6].isdigit() and int(stale.name[:6]) >= n_chunks:
             stale.unlink()
 
     step_stats = {s.name: StepStats(s.name) for s in steps}

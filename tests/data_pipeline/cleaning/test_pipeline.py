@@ -204,8 +204,10 @@ def test_half_written_chunk_is_not_taken_as_done(tmp_path):
     chunks = tmp_path / "out" / "chunks"
     (chunks / "000002.jsonl").write_text('{"source": "x", "rec', encoding="utf-8")  # 产物被截断
     (chunks / "000004.json").write_text('{"chunk": 4, "dig', encoding="utf-8")  # 元数据被截断
+    (chunks / ".000005.jsonl.x1y2.tmp").write_text("half", encoding="utf-8")  # kill -9 留下的临时文件
     stats = run(path, tmp_path / "out", resume=True)
     assert stats["chunks_reused"] == stats["chunks"] - 2
+    assert not list(chunks.glob(".*.tmp"))
     assert (tmp_path / "out" / "cleaned.jsonl").read_bytes() == reference
     # 换了步骤（配置摘要不同）：旧块一个都不复用
     stats = clean([path], tmp_path / "out", CleanConfig(steps=[DropSpam()], chunk_docs=7, progress=False, resume=True))
