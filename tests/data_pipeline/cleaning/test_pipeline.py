@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,6 +86,21 @@ class FailOnce:
         if self.marker in text and not Path(self.flag).exists():
             Path(self.flag).write_text("x")
             raise RuntimeError("模拟的崩溃")
+        return text, None
+
+
+@dataclass(frozen=True)
+class HangOnce:
+    """遇到含 marker 的文档时写一个标记文件然后一直睡：让测试在这一刻 kill -9 整个进程组。"""
+
+    flag: str
+    marker: str = "FAIL-HERE"
+    name: str = "hang"
+
+    def apply(self, text):
+        if self.marker in text and not Path(self.flag).exists():
+            Path(self.flag).write_text("x")
+            time.sleep(120)
         return text, None
 
 
@@ -194,6 +214,36 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, workers):
     assert resumed["chunks_reused"] >= 1
     reference = clean([path], tmp_path / "ref", CleanConfig(**cfg))  # 标记文件已在：不再失败
     assert (tmp_path / "crash" / "cleaned.jsonl").read_bytes() == (tmp_path / "ref" / "cleaned.jsonl").read_bytes()
+    assert comparable(resumed) == comparable(reference)
+
+
+def test_kill_9_mid_run_then_resume(tmp_path):
+    """真的杀进程：子进程（2 个 worker）卡在第 8 块时对整个进程组发 SIGKILL，再续跑，输出与一次跑完相同。"""
+    path, _ = make_corpus(tmp_path, n=100)
+    lines = path.read_text(encoding="utf-8").splitlines()
+    lines[60] = json.dumps({"text": json.loads(lines[60])["text"] + " FAIL-HERE"})
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    flag = tmp_path / "hung.flag"
+    code = ("import sys; from tests.data_pipeline.cleaning.test_pipeline import *; "
+            f"clean([{str(path)!r}], {str(tmp_path / 'out')!r}, CleanConfig(steps=[HangOnce({str(flag)!r}), *steps()], "
+            "chunk_docs=7, progress=False, workers=2))")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[3],
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not flag.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "子进程没有走到第 8 块"
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (tmp_path / "out" / "cleaned.jsonl").exists()
+    cfg = dict(steps=[HangOnce(str(flag)), *steps()], chunk_docs=7, progress=False)
+    resumed = clean([path], tmp_path / "out", CleanConfig(**cfg, resume=True))
+    # 第 8 块被取走时第 0..7 块都已被取走、取它的 worker 是空闲的：至多另一个 worker 手里的一块没做完
+    assert resumed["chunks_reused"] >= 7
+    reference = clean([path], tmp_path / "ref", CleanConfig(**cfg))
+    assert (tmp_path / "out" / "cleaned.jsonl").read_bytes() == (tmp_path / "ref" / "cleaned.jsonl").read_bytes()
     assert comparable(resumed) == comparable(reference)
 
 
