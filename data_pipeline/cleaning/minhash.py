@@ -196,24 +196,30 @@ def candidate_probability(s: np.ndarray | float, bands: int, rows: int) -> np.nd
     return 1.0 - (1.0 - np.asarray(s, dtype=np.float64) ** rows) ** bands
 
 
-def optimal_bands(threshold: float, num_perm: int, weights: tuple[float, float] = (0.5, 0.5)) -> tuple[int, int]:
-    """使 w_fp·∫₀ᵗ P(s)ds + w_fn·∫ₜ¹ (1−P(s))ds 最小的 (b, r)，b·r ≤ num_perm。与 datasketch 的 _optimal_param 相同。"""
+def lsh_error_areas(threshold: float, num_perm: int) -> tuple[list[tuple[int, int]], np.ndarray, np.ndarray]:
+    """全部 (b, r)（b·r ≤ num_perm，datasketch 的遍历顺序）及其误报面积 ∫₀ᵗ P(s)ds、漏报面积 ∫ₜ¹ (1−P(s))ds。"""
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"threshold={threshold} 必须在 (0, 1) 之间（Jaccard 阈值，常用 0.7~0.85）")
     if not isinstance(num_perm, int) or num_perm < 2:
         raise ValueError(f"num_perm={num_perm!r} 必须是 ≥ 2 的整数：至少要能分成 2 段")
+    grid = [(b, r) for b in range(1, num_perm + 1) for r in range(1, num_perm // b + 1)]
+    b = np.array([g[0] for g in grid], dtype=np.float64)[:, None]
+    r = np.array([g[1] for g in grid], dtype=np.float64)[:, None]
+    # 被积函数是 ≤ num_perm 次多项式：m = num_perm//2 + 1 点 Gauss–Legendre 精确（2m − 1 ≥ num_perm）
+    nodes, w = np.polynomial.legendre.leggauss(num_perm // 2 + 1)
+    s_fp, w_fp = threshold / 2 * (nodes + 1), threshold / 2 * w  # [−1, 1] → [0, t]
+    s_fn, w_fn = threshold + (1 - threshold) / 2 * (nodes + 1), (1 - threshold) / 2 * w  # → [t, 1]
+    false_pos = ((1.0 - (1.0 - s_fp**r) ** b) * w_fp).sum(axis=1)
+    false_neg = (((1.0 - s_fn**r) ** b) * w_fn).sum(axis=1)
+    return grid, false_pos, false_neg
+
+
+def optimal_bands(threshold: float, num_perm: int, weights: tuple[float, float] = (0.5, 0.5)) -> tuple[int, int]:
+    """使 w_fp·误报面积 + w_fn·漏报面积 最小的 (b, r)，b·r ≤ num_perm。与 datasketch 的 _optimal_param 相同。"""
     w_fp, w_fn = weights
     if w_fp < 0 or w_fn < 0 or abs(w_fp + w_fn - 1.0) > 1e-12:
         raise ValueError(f"weights={weights} 必须是两个非负数且和为 1：(误报权重, 漏报权重)")
-    grid = [(b, r) for b in range(1, num_perm + 1) for r in range(1, num_perm // b + 1)]  # datasketch 的遍历顺序
-    b = np.array([g[0] for g in grid], dtype=np.float64)[:, None]
-    r = np.array([g[1] for g in grid], dtype=np.float64)[:, None]
-    # 被积函数是 ≤ num_perm 次多项式：m = num_perm//2 + 1 点 Gauss–Legendre 精确
-    nodes, w = np.polynomial.legendre.leggauss(num_perm // 2 + 1)
-    s_fp, w_fp_nodes = threshold / 2 * (nodes + 1), threshold / 2 * w  # [−1, 1] → [0, t]
-    s_fn, w_fn_nodes = threshold + (1 - threshold) / 2 * (nodes + 1), (1 - threshold) / 2 * w  # → [t, 1]
-    false_pos = ((1.0 - (1.0 - s_fp**r) ** b) * w_fp_nodes).sum(axis=1)
-    false_neg = (((1.0 - s_fn**r) ** b) * w_fn_nodes).sum(axis=1)
+    grid, false_pos, false_neg = lsh_error_areas(threshold, num_perm)
     return grid[int(np.argmin(w_fp * false_pos + w_fn * false_neg))]  # argmin 取第一个最小值：平局规则相同
 
 

@@ -20,6 +20,7 @@ from data_pipeline.cleaning.minhash import (
     estimate_jaccard,
     jaccard,
     lsh_candidate_pairs,
+    lsh_error_areas,
     near_dedup,
     near_duplicate_corpus,
     optimal_bands,
@@ -33,7 +34,7 @@ from data_pipeline.corpora import load_corpus
 datasketch = pytest.importorskip("datasketch")
 from datasketch import MinHash, MinHashLSH  # noqa: E402
 from datasketch.hashfunc import sha1_hash32 as ds_sha1_hash32  # noqa: E402
-from datasketch.lsh import _optimal_param  # noqa: E402
+from datasketch.lsh import _false_negative_probability, _false_positive_probability, _optimal_param  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -143,6 +144,16 @@ def test_optimal_bands_equal_datasketch(num_perm):
     for t in np.round(np.arange(0.5, 0.91, 0.05), 2):
         for weights in all_weights:
             assert optimal_bands(float(t), num_perm, weights) == _optimal_param(float(t), num_perm, *weights), (t, weights)
+
+
+@pytest.mark.parametrize("threshold", [0.5, 0.8])
+def test_error_areas_equal_scipy_quad(threshold):
+    # Gauss–Legendre 对 ≤ k 次多项式精确：每个 (b, r) 的面积与 datasketch 用 scipy.integrate.quad 算的相差只在舍入级
+    grid, false_pos, false_neg = lsh_error_areas(threshold, 64)
+    ref_fp = np.array([_false_positive_probability(threshold, b, r) for b, r in grid])
+    ref_fn = np.array([_false_negative_probability(threshold, b, r) for b, r in grid])
+    assert np.abs(false_pos - ref_fp).max() < 1e-12
+    assert np.abs(false_neg - ref_fn).max() < 1e-12
 
 
 def test_candidate_probability_s_curve():
