@@ -45,6 +45,8 @@ from pathlib import Path
 
 import torch
 
+from utils.lesson_cli import lesson_args
+
 __all__ = [
     "BINDING_FUNCTIONS",
     "CUDA_DIR",
@@ -460,4 +462,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    lesson_args(__doc__)
     main()

@@ -81,6 +81,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from utils.io import is_smoke
+from utils.lesson_cli import lesson_args
 from utils.torch_playground import setup_seed
 
 __all__ = ["FlashAttentionTorch", "flash_attention_torch", "key_block_range", "query_block_start"]
@@ -336,4 +337,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    lesson_args(__doc__)
     main()

@@ -45,6 +45,7 @@ from torch import Tensor
 # 必须在定义任何 @triton.jit 之前导入：runtime 在没有 GPU 时打开 TRITON_INTERPRET
 from inference_engine.kernels.runtime import FALLBACK_HINT, INTERPRET, KERNEL_DEVICE, check_tensor, tl, triton
 from utils.io import is_smoke
+from utils.lesson_cli import lesson_args, timing_note
 from utils.torch_playground import benchmark_interleaved, setup_seed
 
 __all__ = ["RMSNormFunction", "rms_norm", "rms_norm_bwd_kernel", "rms_norm_fwd_kernel", "dw_reduce_kernel"]
@@ -246,7 +247,9 @@ def main() -> None:
         nbytes = m_rows * d * x.element_size()
         print(f"  {m_rows:>6}×{d:<5}  前向 Triton {2 * nbytes / fwd[0] / 1e6:7.1f} / torch {2 * nbytes / fwd[1] / 1e6:7.1f} GB/s"
               f"   前向+反向 Triton {5 * nbytes / both[0] / 1e6:7.1f} / torch {5 * nbytes / both[1] / 1e6:7.1f} GB/s")
+        print(timing_note("benchmarks/kernels_gpu.py"))
 
 
 if __name__ == "__main__":
+    lesson_args(__doc__)
     main()

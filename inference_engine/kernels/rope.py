@@ -40,6 +40,7 @@ from torch import Tensor
 # 必须在定义任何 @triton.jit 之前导入：runtime 在没有 GPU 时打开 TRITON_INTERPRET
 from inference_engine.kernels.runtime import FALLBACK_HINT, INTERPRET, KERNEL_DEVICE, check_tensor, tl, triton
 from utils.io import is_smoke
+from utils.lesson_cli import lesson_args, timing_note
 from utils.torch_playground import benchmark_interleaved, setup_seed
 
 __all__ = ["RoPEFunction", "apply_rope", "rope_kernel"]
@@ -182,7 +183,9 @@ def main() -> None:
         nbytes = 2 * x.numel() * x.element_size()
         print(f"  B={b} T={t} H+H_kv={h + h_kv} D={d}  Triton {nbytes / times[0] / 1e6:7.1f}   "
               f"torch（复数乘法）{nbytes / times[1] / 1e6:7.1f} GB/s")
+        print(timing_note("benchmarks/kernels_gpu.py"))
 
 
 if __name__ == "__main__":
+    lesson_args(__doc__)
     main()

@@ -46,6 +46,7 @@ from torch import Tensor
 # 必须在定义任何 @triton.jit 之前导入：runtime 在没有 GPU 时打开 TRITON_INTERPRET
 from inference_engine.kernels.runtime import INTERPRET, KERNEL_DEVICE, check_tensor, tl, triton
 from utils.io import is_smoke
+from utils.lesson_cli import lesson_args, timing_note
 from utils.torch_playground import benchmark_interleaved, setup_seed
 
 __all__ = ["MAX_FUSED_BLOCK", "softmax", "softmax_fused_kernel", "softmax_online_kernel"]
@@ -169,7 +170,9 @@ def main() -> None:
         gbps = [2 * x.element_size() * x.numel() / (ms * 1e-3) / 1e9 for ms in times]
         print(f"  {m_rows:>5}×{n_cols:<7}  Triton {gbps[0]:7.1f}   torch.softmax {gbps[1]:7.1f}   "
               f"逐算子 {gbps[2]:7.1f} GB/s")
+        print(timing_note("benchmarks/kernels_gpu.py"))
 
 
 if __name__ == "__main__":
+    lesson_args(__doc__)
     main()

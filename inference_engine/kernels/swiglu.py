@@ -33,6 +33,7 @@ from torch import Tensor
 
 from inference_engine.kernels.runtime import INTERPRET, KERNEL_DEVICE, check_tensor, tl, triton
 from utils.io import is_smoke
+from utils.lesson_cli import lesson_args
 from utils.torch_playground import setup_seed
 
 __all__ = ["SwiGLUFunction", "swiglu", "swiglu_backward", "swiglu_forward"]
@@ -202,4 +203,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    lesson_args(__doc__)
     main()

@@ -35,6 +35,7 @@ from torch import Tensor
 # 必须在定义任何 @triton.jit 之前导入：runtime 在没有 GPU 时打开 TRITON_INTERPRET
 from inference_engine.kernels.runtime import INTERPRET, KERNEL_DEVICE, check_tensor, tl, triton
 from utils.io import is_smoke
+from utils.lesson_cli import lesson_args, timing_note
 from utils.torch_playground import benchmark_interleaved, setup_seed
 
 __all__ = ["add", "add_kernel"]
@@ -103,7 +104,9 @@ def main() -> None:
         ours_ms, torch_ms = benchmark_interleaved([lambda: add(x, y), lambda: x + y], warmup=5, reps=20)
         gbps = lambda ms: 3 * x.element_size() * n / (ms * 1e-3) / 1e9  # noqa: E731
         print(f"  n={n:>11,}  Triton {gbps(ours_ms):7.1f} GB/s   torch {gbps(torch_ms):7.1f} GB/s")
+        print(timing_note("benchmarks/kernels_gpu.py"))
 
 
 if __name__ == "__main__":
+    lesson_args(__doc__)
     main()

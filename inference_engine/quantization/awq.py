@@ -56,6 +56,7 @@ from inference_engine.quantization._groupwise import (
 )
 from inference_engine.quantization.basics import sqnr
 from utils.io import atomic_path, is_smoke, output_path
+from utils.lesson_cli import lesson_args
 from utils.torch_playground import setup_seed
 
 __all__ = ["AWQLinear", "AWQSearch", "awq_search_clip", "awq_search_scale", "fake_quantize"]
@@ -283,4 +284,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    lesson_args(__doc__)
     main()

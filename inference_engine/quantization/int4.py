@@ -45,7 +45,7 @@ from torch import Tensor, nn
 
 from inference_engine.quantization.basics import sqnr
 from utils.io import is_smoke
-from utils.lesson_cli import lesson_args
+from utils.lesson_cli import lesson_args, timing_note
 
 __all__ = ["GROUP_SIZES", "KERNEL_MAX_ROWS", "Int4WeightOnlyLinear", "int4_dequantize", "int4_qparams",
            "int4_quantize", "linear_int4_kernel", "linear_int4_reference", "pack_int4", "pack_scales_and_zeros",
@@ -295,6 +295,7 @@ def main() -> None:
         torch.set_num_threads(threads)
     print(f"M = 1（1 线程）：fp32 F.linear {t_fp32:.3f} ms，int4 可读路径（bf16）{t_readable:.3f} ms，"
           f"int4 内核（bf16）{t_kernel:.3f} ms（{t_fp32 / t_kernel:.2f}× vs fp32）")
+    print(timing_note("benchmarks/quantization_matmul.py"))
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from inference_engine.quantization.basics import dequantize as dequantize_codes
 from inference_engine.quantization.basics import quantize, sqnr
 from utils.io import is_smoke
-from utils.lesson_cli import lesson_args
+from utils.lesson_cli import lesson_args, timing_note
 
 __all__ = ["KERNEL_MAX_ROWS", "Int8WeightOnlyLinear", "linear_int8_kernel", "linear_int8_reference",
            "quantize_int8_weight"]
@@ -188,6 +188,7 @@ def main() -> None:
             torch.set_num_threads(threads)
             print(f"M = 1（1 线程）：fp32 F.linear {t_fp32:.3f} ms，bf16 F.linear {t_bf16:.3f} ms，"
                   f"int8 内核 {t_kernel:.3f} ms（{t_fp32 / t_kernel:.2f}× vs fp32；完整对比见 benchmarks/quantization_matmul.py）")
+            print(timing_note("benchmarks/quantization_matmul.py"))
 
 
 if __name__ == "__main__":

@@ -69,6 +69,7 @@ from torch import Tensor, nn
 
 from model_lab import KVCache
 from utils.io import is_smoke
+from utils.lesson_cli import lesson_args
 from utils.torch_playground import setup_seed
 
 __all__ = ["CACHE_OPTIONS", "QuantizedKVCache", "dequantize_keys", "dequantize_values", "greedy_agreement",
@@ -454,4 +455,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    lesson_args(__doc__)
     main()

@@ -61,6 +61,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from utils.lesson_cli import lesson_args
+
 __all__ = [
     "NF4Linear",
     "NF4_OFFSET",
@@ -366,4 +368,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    lesson_args(__doc__)
     main()

@@ -69,6 +69,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from inference_engine.quantization.basics import quantize, sqnr
+from utils.lesson_cli import lesson_args
 
 __all__ = [
     "INT8_QMAX",
@@ -382,4 +383,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    lesson_args(__doc__)
     main()
