@@ -49,6 +49,7 @@ JSONL：每行一个对象，必须有字符串字段 "text"，其它字段原�
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -326,6 +327,76 @@ def iter_documents(paths: Sequence[str | os.PathLike], fmt: str = "auto", on_bad
 # 4. 具体步骤的适配器（其它文件里的规则 → 本文件的两个协议）
 # ---------------------------------------------------------------------------
 @dataclass(frozen=True)
+class NormalizeStep:
+    """Unicode 规范化（normalize.normalize_text）：修乱码 → NFC → 删控制字符 → 规范空白。只改不删。"""
+
+    form: str = "NFC"
+    repair_mojibake: bool = True
+    name: str = "normalize"
+
+    def apply(self, text: str) -> tuple[str | None, str | None]:
+        from data_pipeline.cleaning.normalize import normalize_text
+
+        new = normalize_text(text, self.form, repair_mojibake=self.repair_mojibake)
+        return new, ("normalized" if new != text else None)
+
+
+def _describe(obj: Any) -> str:
+    """步骤的确定性描述（进配置摘要）：公开的标量、集合、dataclass 配置与函数名；不含内存地址。"""
+    parts = []
+    for k, v in sorted(vars(obj).items()):
+        if k.startswith("_"):
+            continue
+        if dataclasses.is_dataclass(v) or isinstance(v, (bool, int, float, str, type(None))):
+            parts.append(f"{k}={v!r}")
+        elif isinstance(v, (set, frozenset)):
+            parts.append(f"{k}={sorted(v)!r}")
+        elif callable(v):
+            parts.append(f"{k}={getattr(v, '__qualname__', type(v).__name__)}")
+    return f"{type(obj).__name__}({', '.join(parts)})"
+
+
+class DecisionStep:
+    """把返回 Decision(keep, reason, text) 的过滤器（filters.py 的规则、langid.LanguageFilter）接成局部步骤：
+    keep=False → 删（原因就是过滤器的理由码，与 datatrove 相同）；Decision.text 有值 → 改（C4 删掉了一些行）。"""
+
+    def __init__(self, name: str, flt: Any) -> None:
+        self.name, self.filter = name, flt
+
+    def __repr__(self) -> str:
+        return f"DecisionStep({self.name!r}, {_describe(self.filter)})"
+
+    def apply(self, text: str) -> tuple[str | None, str | None]:
+        d = self.filter(text)
+        if not d.keep:
+            return None, d.reason
+        if d.text is not None and d.text != text:
+            return d.text, "lines_removed"
+        return text, None
+
+
+def _rule(name: str, cls: str, preset: str) -> Callable[[], DecisionStep]:
+    """filters.py 里的一条规则（类名 + 预设名）→ 造步骤的函数。导入推迟到造步骤时：只用去重的人不必加载规则。"""
+
+    def build() -> DecisionStep:
+        from data_pipeline.cleaning import filters
+
+        return DecisionStep(name, getattr(filters, cls)(getattr(filters, preset)))
+
+    return build
+
+
+# FineWeb 的启发式过滤链（filters.fineweb_filters 的顺序与预设：Gopher 重复 → Gopher 质量 → C4 → FineWeb），
+# 每条规则一个步骤——统计表里才分得清是哪条规则删的。
+FINEWEB_CHAIN = {
+    "gopher_repetition": _rule("gopher_repetition", "GopherRepetitionFilter", "GOPHER_REPETITION"),
+    "gopher_quality": _rule("gopher_quality", "GopherQualityFilter", "GOPHER_QUALITY"),
+    "c4_quality": _rule("c4_quality", "C4QualityFilter", "FINEWEB_C4"),
+    "fineweb_quality": _rule("fineweb_quality", "FineWebQualityFilter", "FINEWEB_QUALITY"),
+}
+
+
+@dataclass(frozen=True)
 class PIIStep:
     """PII 遮盖（pii.mask_pii）：邮箱、电话、IPv4/IPv6 换成占位符。原因码是这篇里出现的种类，例如 "email+phone"。"""
 
@@ -405,7 +476,12 @@ class NearDedupStep:
         return {i: "near_duplicate" for group in uf.groups() for i in group[1:]}
 
 
+# 默认顺序（命令行不给 --steps 时全部按这个顺序跑）：先规范化（后面的规则都按规范化后的文本计数）→
+# 质量规则 → PII 遮盖 → 精确去重 → 近似去重。PII 排在去重之前（FineWeb 放在最后）：全局步骤必须在局部步骤之后，
+# 而且只差一个邮箱的两篇文档遮盖之后成为精确重复，正好一起去掉。
 STEP_BUILDERS: dict[str, Callable[[], Any]] = {
+    "normalize": NormalizeStep,
+    **FINEWEB_CHAIN,
     "pii": PIIStep,
     "exact_dedup": ExactDedupStep,
     "near_dedup": NearDedupStep,
