@@ -9,7 +9,7 @@ SwiGLU 隐层 384 = 3·128，让 int4 的组大小 128 整除每一层），训�
 - **bits/byte**：验证集开头 --eval-tokens 个 token 的不重叠窗口，总 NLL ÷ ln 2 ÷ UTF-8 字节数；
   校准（GPTQ / AWQ / SmoothQuant）用训练集开头的 token，与评估不重叠。目标：int8 在 fp32 的 +1% 以内，GPTQ、AWQ 都好于 int4 RTN；
 - **模型字节**：state_dict 里每个张量一次（= model.safetensors 的数据部分）；
-- **解码 tokens/s**：1 线程、batch 1、贪心 64 个 token，3 次取中位数；激活 fp32 与 bf16 各一列
+- **解码 tokens/s**：1 线程、batch 1、贪心 64 个 token，全部变体轮流测 3 轮取中位数（进程 CPU 时间）；激活 fp32 与 bf16 各一列
   （int8 / int4 的 CPU 内核只在 bf16 激活下走快路径；量化本身都从 fp32 权重做）。
 
 论文里的参考数（Llama-2-7B、WikiText-2 困惑度、4 位 g128）并排放在表下：把困惑度换成与 bits/byte 同一种量——
@@ -35,7 +35,7 @@ from _common import machine_info, update_results
 
 from inference_engine.quantization.__main__ import (
     cast_unquantized,
-    decode_tokens_per_s,
+    decode_speeds,
     evaluate_bpb,
     load_eval_data,
     load_model,
@@ -147,16 +147,19 @@ def measure_all(model_dir: Path, n_calib: int, n_eval: int, decode_tokens: int) 
                          exclude=("lm_head", *kept), **options)
         return model, kept, time.perf_counter() - t0
 
-    rows = []
+    rows, variants = [], []
     for scheme in ("fp32", *SCHEMES):
         model, kept, seconds = (fp, {}, 0.0) if scheme == "fp32" else quantized(scheme, **scheme_options(scheme, GROUP_SIZE))
-        r = {"scheme": scheme, "bytes": model_nbytes(model), "bpb": bpb(model), "kept": kept, "seconds": seconds,
-             "tps_fp32": decode_tokens_per_s(model, prompt, decode_tokens),
-             "tps_bf16": decode_tokens_per_s(cast_unquantized(copy.deepcopy(model), torch.bfloat16), prompt, decode_tokens),
-             "layers": "—" if scheme == "fp32" else f"{len(quantized_modules(model))}/{len(quantized_modules(model)) + len(kept)}"}
-        rows.append(r)
-        print(f"{scheme:<12} bits/byte {r['bpb']:.4f}  {r['bytes'] / 2**20:.3f} MiB  decode {r['tps_fp32']:.0f} tok/s (fp32) / "
-              f"{r['tps_bf16']:.0f} tok/s (bf16)  量化 {seconds:.1f} s")
+        n_q = len(quantized_modules(model))
+        rows.append({"scheme": scheme, "bytes": model_nbytes(model), "bpb": bpb(model), "kept": kept, "seconds": seconds,
+                     "layers": "—" if scheme == "fp32" else f"{n_q}/{n_q + len(kept)}"})
+        variants += [model, cast_unquantized(copy.deepcopy(model), torch.bfloat16)]
+        print(f"{scheme:<12} bits/byte {rows[-1]['bpb']:.4f}  {rows[-1]['bytes'] / 2**20:.3f} MiB  量化 {seconds:.1f} s")
+    # 14 个变体（7 个方案 × fp32 / bf16 激活）轮流测：每个经历同样的机器负载，比值才可信
+    speeds = decode_speeds(variants, prompt, decode_tokens)
+    for i, r in enumerate(rows):
+        r["tps_fp32"], r["tps_bf16"] = speeds[2 * i], speeds[2 * i + 1]
+        print(f"{r['scheme']:<12} decode {r['tps_fp32']:.0f} tok/s (fp32) / {r['tps_bf16']:.0f} tok/s (bf16)")
     # 3 位：压力更大，方法之间的差别更明显。RTN = AWQ 的 α = 0、不截断（awq 测试里逐位等于 RTN），同一个网格与存储
     rows3 = []
     for name, scheme, options in (("RTN int3 g128", "awq", {"alpha": 0.0, "clip": False}), ("GPTQ int3 g128", "gptq", {}),
@@ -195,7 +198,7 @@ def report(rows: list[dict], rows3: list[dict], meta: dict, model_line: str) -> 
         "",
         f"模型：{model_line}，{meta['params'] / 1e6:.2f}M 参数；默认量化解码层的全部线性层，嵌入与 lm_head 保持 fp32。"
         f"评估：{meta['source']}；校准 {meta['calib'][0]}×{meta['calib'][1]} 个 token。"
-        "解码：1 线程、batch 1、8 token 提示后贪心生成，3 次中位数；量化都从 fp32 权重做，bf16 列把其余部分与激活转成 bf16。",
+        "解码：1 线程、batch 1、8 token 提示后贪心生成，14 个变体轮流测 3 轮、取进程 CPU 时间的中位数；量化都从 fp32 权重做，bf16 列把其余部分与激活转成 bf16。",
         "",
         "| 方案 | 量化层 | 模型 MiB | vs fp32 | bits/byte | Δ vs fp32 | 论文：Llama-2-7B 困惑度（Δ loss） | "
         "decode tok/s fp32 激活 | decode tok/s bf16 激活 | 量化耗时 s |",

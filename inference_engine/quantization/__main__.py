@@ -18,7 +18,7 @@
 - **bits/byte**：held-out token 切成不重叠的 block_size 窗口，总 NLL（nats）÷ ln 2 ÷ 被预测 token 解码后的 UTF-8 字节数；
   与分词器无关，和 make run 的 eval.json 同一个定义（training_sys/evaluation.py，这里不 import 它，单独算）。
 - **decode tokens/s**：1 个线程、batch 1、贪心生成 --decode-tokens 个 token（含一个 8 token 提示的 prefill），
-  3 次取中位数。小模型的解码被 Python 与算子调度的固定开销主导，量化省下的带宽显不出来；
+  3 次取中位数，量的是进程 CPU 时间（共享机器上墙钟大半是排队）。小模型的解码被 Python 与算子调度的固定开销主导，量化省下的带宽显不出来；
   权重大于缓存时才是带宽瓶颈（见 benchmarks/quantization_matmul.py）。int8 / int4 的 CPU 内核只有 bf16 激活走快路径
   （int8.py / int4.py 的说明），要看它们的速度用 --dtype bfloat16。
 
@@ -32,7 +32,6 @@ import argparse
 import copy
 import json
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -56,6 +55,7 @@ from inference_engine.quantization.apply import (
 )
 from utils.io import atomic_path, checkpoints_dir, is_smoke
 from utils.lesson_cli import lesson_args
+from utils.torch_playground import benchmark_interleaved
 
 DEFAULT_RUN = "shakespeare_cpu"  # make run 的默认运行名（<语料>_<预设>）
 PROMPT_TOKENS = 8
@@ -90,20 +90,25 @@ def evaluate_bpb(model: nn.Module, ids: Tensor, block_size: int, count_bytes: Ca
 
 
 @torch.no_grad()
-def decode_tokens_per_s(model: nn.Module, prompt: Tensor, new_tokens: int, reps: int = 3) -> float:
-    """1 线程、贪心生成 new_tokens 个 token 的速度（tokens/s，reps 次的中位数；先预热一次）。"""
+def decode_speeds(models: list[nn.Module], prompt: Tensor, new_tokens: int, reps: int = 3) -> list[float]:
+    """每个模型贪心生成 new_tokens 个 token 的速度（tokens/s），1 线程、进程 CPU 时间、轮流测 reps 轮取中位数。
+
+    轮流测（utils.torch_playground.benchmark_interleaved）让每个模型经历同样的机器负载；量 CPU 时间而不是墙钟：
+    2 核被多人共享时，单线程 torch 的墙钟大半是在排队，CPU 时间才是它真正干活的时间。
+    """
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 核被多人共享的机器上，2 线程的每次算子调用都要等另一个线程被调度
+    torch.set_num_threads(1)
     try:
-        model.generate(prompt, 2, temperature=0.0)
-        times = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            model.generate(prompt, new_tokens, temperature=0.0)
-            times.append(time.perf_counter() - t0)
+        ms = benchmark_interleaved([lambda m=m: m.generate(prompt, new_tokens, temperature=0.0) for m in models],
+                                   warmup=1, reps=reps, cpu_time=True)
     finally:
         torch.set_num_threads(threads)
-    return new_tokens / statistics.median(times)
+    return [new_tokens / (t / 1000) for t in ms]
+
+
+def decode_tokens_per_s(model: nn.Module, prompt: Tensor, new_tokens: int, reps: int = 3) -> float:
+    """一个模型的 decode_speeds。"""
+    return decode_speeds([model], prompt, new_tokens, reps)[0]
 
 
 def cast_unquantized(model: nn.Module, dtype: torch.dtype) -> nn.Module:
