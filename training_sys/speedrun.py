@@ -171,7 +171,7 @@ def stage_corpus(pipe: Pipeline, opts: Options, preset: Preset) -> dict[str, Any
 # 清洗步骤（data_pipeline.cleaning）。莎士比亚的一段台词多数不足 50 个词、很多行不以句号结尾：面向网页的
 # Gopher / C4 / FineWeb 质量规则会删掉大半台词，所以 make run 只用不改变文体的步骤；网页语料换成全套规则
 # （python -m data_pipeline.cleaning 的默认步骤）。空文档总是先被删掉。
-CLEAN_STEPS: tuple[str, ...] = ("pii", "exact_dedup", "near_dedup")
+CLEAN_STEPS: tuple[str, ...] = ("normalize", "pii", "exact_dedup", "near_dedup")
 CLEAN_PARALLEL_BYTES = 1_000_000  # 语料超过它才起 2 个进程：更小的语料（SMOKE 的 200 KB）起进程池比算还慢
 
 
