@@ -54,7 +54,7 @@ from inference_engine.quantization.apply import (
     unsupported_layers,
 )
 from utils.io import atomic_path, checkpoints_dir, is_smoke
-from utils.lesson_cli import lesson_args
+from utils.lesson_cli import lesson_args, timing_note
 from utils.torch_playground import benchmark_interleaved
 
 DEFAULT_RUN = "shakespeare_cpu"  # make run 的默认运行名（<语料>_<预设>）
@@ -278,6 +278,7 @@ def print_table(rows: list[Row], fp32_bytes: int) -> None:
         if r.kept_fp:
             reason = next(iter(r.kept_fp.values()))
             print(f"{r.scheme}：{len(r.kept_fp)} 层留在浮点（{', '.join(list(r.kept_fp)[:4])}…）：{reason}")
+    print(timing_note("benchmarks/quantization_quality.py"))
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -122,7 +122,7 @@ def test_rejects_a_non_parser(as_script):
 # `import torch`（transformers 更久），在 2 核机器上要好几分钟；进程内 torch 只导入一次，整组不到半分钟。
 # 走的是同一条路径：main guard（或 main(argv) 里）调 lesson_args，它读 sys.argv，解析失败/--help 时 SystemExit。
 # 真正的子进程行为（退出码、打印到终端）由下面 test_real_processes 抽几个有代表性的脚本验证。
-LESSON_DIRS = ("archive", "data_pipeline", "model_lab", "training_sys")  # benchmarks/ 不是课程
+LESSON_DIRS = ("archive", "data_pipeline", "model_lab", "training_sys", "inference_engine")  # benchmarks/ 不是课程
 LESSONS = [p for p in discover_scripts() if p.relative_to(REPO_ROOT).parts[0] in LESSON_DIRS]
 
 
