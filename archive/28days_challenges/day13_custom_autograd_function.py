@@ -22,8 +22,12 @@
    ctx.needs_input_grad[i] 告诉你第 i 个输入要不要梯度，不要的可以不算。
 2. 非张量的东西（维度、常数）直接放在 ctx 的属性上：ctx.dim = dim。
 3. torch.autograd.gradcheck(fn, inputs) 用**有限差分**检查你的 backward：
-   对每个输入元素做 (f(x + ε) − f(x − ε)) / 2ε，与解析梯度比较。必须用 float64 输入
-   （float32 下有限差分的舍入误差 ~ 1e-4，根本分辨不出对错），输入 requires_grad=True，规模要小（代价 O(元素数)）。
+   对每个输入元素做 (f(x + ε) − f(x − ε)) / 2ε（默认 ε = 1e-6），与解析梯度比较（默认 atol=1e-5、rtol=1e-3）。
+   必须用 float64 输入：f 的每次计算都带 ~ε_mach·|f| 的舍入误差，除以 2ε 后被放大成
+   ~ε_mach·|f| / ε。float32 的 ε_mach（单位舍入）= 2⁻²⁴ ≈ 6e-8，于是误差 ≈ 6e-8 / 1e-6 ≈ 6e-2·|f|
+   （再加上 x ± ε 本身在 float32 里也舍入：1 附近的间距是 1.2e-7，ε 只剩一两位有效数字）——
+   实测 sigmoid 在 ε=1e-6 时误差中位数约 1e-2、最大约 6e-2，比容差大三个数量级，根本分辨不出对错；
+   float64 的 ε_mach ≈ 1.1e-16，同样的算式给出 ~1e-10。输入 requires_grad=True，规模要小（代价 O(元素数)）。
 4. 数值稳定：softmax / logsumexp 的前向要先减去最大值；反向用前向存下的结果，不要重算 exp。
 
 练习：ex1–ex7，每题是一个 autograd.Function（写好 forward 与 backward），加一个调用它的函数。
@@ -41,6 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from utils import exercises
+from utils.lesson_cli import lesson_args
 
 
 # =============================================================================
@@ -243,6 +248,14 @@ class _BuggySigmoid(Sigmoid):
         return grad_out * y
 
 
+def finite_difference_error(dtype: torch.dtype, eps: float = 1e-6, n: int = 1000) -> torch.Tensor:
+    """sigmoid 的中心差分 (σ(x+ε) − σ(x−ε)) / 2ε 在 dtype 里算，与 float64 的解析导数 σ(1−σ) 比较，返回 n 个 |误差|。"""
+    x = torch.randn(n, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(dtype)
+    numeric = (torch.sigmoid(x + eps) - torch.sigmoid(x - eps)) / (2 * eps)
+    s = torch.sigmoid(x.double())
+    return (numeric.double() - s * (1 - s)).abs()
+
+
 def demo() -> None:
     x = torch.randn(4, dtype=torch.float64, requires_grad=True)
     print(f"gradcheck(正确的 Sigmoid) = {torch.autograd.gradcheck(Sigmoid.apply, (x,))}")
@@ -253,6 +266,11 @@ def demo() -> None:
         warnings.simplefilter("ignore")
         ok32 = torch.autograd.gradcheck(Sigmoid.apply, (x32,), raise_exception=False)
     print(f"float32 输入上 gradcheck(正确的 Sigmoid) = {ok32}：有限差分精度不够，所以必须用 float64")
+    for dtype in (torch.float32, torch.float64):
+        err = finite_difference_error(dtype)
+        unit = torch.finfo(dtype).eps / 2
+        print(f"  {str(dtype):13s} ε=1e-6 的中心差分误差：中位数 {err.median().item():.1e}，最大 {err.max().item():.1e}"
+              f"（估计 ε_mach/ε = {unit:.1e}/1e-6 = {unit / 1e-6:.0e}）")
 
 
 # =============================================================================
@@ -268,4 +286,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    lesson_args(__doc__)
     main()

@@ -14,12 +14,22 @@
 训练配方也与 nanoGPT 相同（AdamW 只对 2 维权重做 weight decay、warmup + cosine、梯度裁剪），
 所以用 nanoGPT 的 CPU 配方能复现它在 tiny-shakespeare 上的 val loss（约 1.89）：
 
-    python "archive/Let's_build_GPT/let's_build_gpt.py"                        # 学习者的小模型（默认）
+    python "archive/Let's_build_GPT/let's_build_gpt.py"                        # 学习者的小模型（默认，约 1–2 分钟）
     python "archive/Let's_build_GPT/let's_build_gpt.py" --stage bigram         # 只训练 bigram 基线
-    python "archive/Let's_build_GPT/let's_build_gpt.py" --data ../shared/data/tinyshakespeare.txt \\
+    python "archive/Let's_build_GPT/let's_build_gpt.py" --corpus tinyshakespeare \\
         --n_layer 4 --n_head 4 --n_embd 128 --block_size 64 --batch_size 12 --max_iters 2000 \\
         --eval_iters 20                                                        # nanoGPT 的 CPU 配方
 
+多少算"学会了"（val loss，单位 nats/字符；默认语料 = 内置莎士比亚全集，词表 71 个字符）：
+
+    均匀分布 ln(V)                   4.26   （随机初始化时的 loss；tiny-shakespeare 的 V=65 时是 4.17）
+    unigram（只按字符频率猜）         3.30
+    bigram（按训练集计数，最优）      2.49   （bigram 模型最多到这里；低于它才说明用上了"更早的字符"）
+    各 stage 默认配置，5000 步：bigram 2.50 → single_head 2.41 → multi_head 2.25 → ffn 2.20 → blocks 2.12
+                                     （blocks 换种子在 2.11–2.12 之间；CPU 上约 1 分钟的计算量）
+    nanoGPT CPU 配方（tiny-shakespeare，0.8M 参数，2000 步）  1.88；nanoGPT 的 GPU 配方（10.7M 参数）约 1.47
+
+运行时脚本会从数据里现算前三条基线，结束时把 val loss 和它们、和上表的参考值放在一起打印。
 最后一行输出固定为 `final: train_loss=<x> val_loss=<y>`，方便脚本解析；损失曲线存到
 checkpoints/lets_build_gpt/loss.png。SMOKE=1 时只跑几步。
 """
@@ -41,21 +51,29 @@ import torch.nn as nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from data_pipeline.corpora import CORPORA, load_corpus
 from utils.io import is_smoke, output_path
+from utils.lesson_cli import lesson_args
 from utils.torch_playground import get_device, setup_seed, time_block
 
 STAGES = ("bigram", "single_head", "multi_head", "ffn", "blocks")
+DEFAULT_CORPUS = "shakespeare"
+# 各 stage 用默认超参（默认语料、5000 步、种子 1337）训练后的 val loss，实测值，结束时与你的结果并排打印。
+# blocks 换种子 1 / 2 是 2.110 / 2.118：第二位小数上的差别是噪声。换了语料、步数或模型尺寸，这些数字只是数量级上的参考。
+REFERENCE_VAL_LOSS = {"bigram": 2.50, "single_head": 2.41, "multi_head": 2.25, "ffn": 2.20, "blocks": 2.12}
+NANOGPT_RECIPE_VAL_LOSS = 1.88  # nanoGPT CPU 配方在 tiny-shakespeare 上（benchmarks/archive_lets_build_gpt.py 实测 1.884）
 
 
 # =============================================================================
 # 0. 数据：字符级 tokenizer
 # =============================================================================
-def load_text(path: str | None) -> str:
-    """读训练文本：给了 --data 就读那个文件，否则用项目内置的莎士比亚语料（离线，缓存在 data/）。"""
-    if path is None:
-        from data_pipeline.corpora import load_corpus
+def load_text(path: str | None, corpus: str = DEFAULT_CORPUS) -> str:
+    """读训练文本：给了 --data 就读那个文件，否则读语料注册表里的 corpus（缓存在 data/）。
 
-        return load_corpus("shakespeare")
+    默认的 shakespeare 离线构建；tinyshakespeare 第一次用时下载，离线时报错会写明文件该放到哪里。
+    """
+    if path is None:
+        return load_corpus(corpus)
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(
@@ -114,6 +132,28 @@ def split_train_val(data: torch.Tensor, block_size: int) -> tuple[torch.Tensor, 
     return train, val
 
 
+def char_baselines(train: torch.Tensor, val: torch.Tensor, vocab_size: int) -> dict[str, float]:
+    """三条"不用神经网络"的基线：验证集上每个字符的平均交叉熵（nats）。模型的 val loss 要和它们比才有意义。
+
+    uniform：每个字符概率 1/V，loss = ln V（随机初始化的模型就在这里）。
+    unigram：p(c) = 训练集里 c 的频率，只知道"e 比 z 常见"。
+    bigram：p(c | 前一个字符) = 训练集里的二元计数按行归一化——这正是 --stage bigram 那张 V×V 表在训练集上的最优解
+            （交叉熵的最小值点就是经验条件分布），所以它是 bigram 模型能达到的 val loss。
+    两者都加 1 平滑（Laplace）：验证集里出现训练集没见过的字符对时，概率不至于是 0、loss 不至于是无穷大。
+    """
+    V = vocab_size
+    tr, va = train.numpy(), val.numpy()
+    uni = np.bincount(tr, minlength=V) + 1.0
+    uni /= uni.sum()
+    pair = np.bincount(tr[:-1] * V + tr[1:], minlength=V * V).reshape(V, V) + 1.0  # pair[a, b] = 计数(a 后面是 b)
+    pair /= pair.sum(axis=1, keepdims=True)
+    return {
+        "uniform": math.log(V),
+        "unigram": float(-np.log(uni[va]).mean()),
+        "bigram": float(-np.log(pair[va[:-1], va[1:]]).mean()),
+    }
+
+
 def get_batch(data: torch.Tensor, block_size: int, batch_size: int, device: torch.device):
     """随机取 batch_size 段长度为 block_size 的文本：x 是输入，y 是 x 整体右移一位（每个位置的"下一个字符"）。
 
@@ -161,7 +201,8 @@ class GPTConfig:
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """交叉熵 = -log p(正确的下一个字符) 的平均。F.cross_entropy 要 (N, C)，所以把 (B, T) 摊平成 N = B*T。
 
-    随机初始化时每个字符的概率约 1/V，所以初始 loss ≈ ln(V)（V=65 时约 4.17）——这是第一个健全性检查。
+    随机初始化时每个字符的概率约 1/V，所以初始 loss ≈ ln(V)（V=65 时约 4.17，默认语料 V=71 时约 4.26）
+    ——这是第一个健全性检查。
     """
     B, T, V = logits.shape
     return F.cross_entropy(logits.view(B * T, V), targets.view(B * T))
@@ -173,7 +214,8 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 class BigramLanguageModel(nn.Module):
     """最简单的语言模型：一张 V×V 的表，第 i 行就是"当前字符为 i 时下一个字符的 logits"。
 
-    它完全不看更早的字符——后面所有改进都是为了让每个位置能"看到"过去，loss 从 ~2.5 降到 ~1.5。
+    它完全不看更早的字符——后面所有改进都是为了让每个位置能"看到"过去：val loss 从 bigram 的 ~2.5
+    降到默认小模型的 ~2.1、nanoGPT CPU 配方的 ~1.88（更大的模型约 1.47）。
     """
 
     def __init__(self, config: GPTConfig):
@@ -521,6 +563,21 @@ def estimate_loss(model: nn.Module, splits: dict[str, torch.Tensor], args, devic
     return out
 
 
+MIN_EVAL_INTERVALS = 10  # 没指定 --eval_interval 时把训练分成这么多段：曲线上至少 11 个点
+
+
+def eval_steps(max_iters: int, eval_interval: int | None) -> list[int]:
+    """在哪些步评估（步 = 已完成的优化器更新次数）：0、interval 的倍数、以及最后一步 max_iters。
+
+    最后一步总要评估：否则 max_iters 不是 interval 的倍数时，最后那段训练的效果不在曲线上、final 也不是终点的 loss。
+    eval_interval=None 时取 max(1, ⌊max_iters / 10⌋)：至少 11 个点（--max_iters 500 是 0, 50, …, 500），
+    而不是只有起点和终点两个点的"曲线"。
+    """
+    if eval_interval is None:
+        eval_interval = max(1, max_iters // MIN_EVAL_INTERVALS)
+    return sorted({*range(0, max_iters, eval_interval), max_iters})
+
+
 def train(model: nn.Module, splits: dict[str, torch.Tensor], args, device) -> dict:
     """训练循环；返回损失历史与计时（训练步的 ms/iter 不含评估时间）。"""
     optimizer = configure_optimizer(model, args.weight_decay, args.lr, (args.beta1, args.beta2))
@@ -537,11 +594,12 @@ def train(model: nn.Module, splits: dict[str, torch.Tensor], args, device) -> di
         history["val"].append(losses["val"])
         tqdm.write(f"step {step:5d}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
 
+    to_eval = set(eval_steps(args.max_iters, args.eval_interval))
     model.train()
     with time_block("训练", verbose=False) as total:
         bar = tqdm(range(args.max_iters), desc=f"train[{args.stage}]", dynamic_ncols=True)
         for it in bar:
-            if it % args.eval_interval == 0:
+            if it in to_eval:
                 evaluate(it)
             lr = get_lr(it, args.lr, args.min_lr, args.warmup_iters, args.max_iters)
             for group in optimizer.param_groups:
@@ -588,7 +646,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Let's build GPT：字符级 GPT，从 bigram 一步步搭到完整的 Transformer")
     p.add_argument("--stage", choices=STAGES, default="blocks", help="训练讲座中的哪一步：bigram 基线 → single_head 单头注意力 → multi_head 多头 → ffn 加前馈层"
                         " → blocks 残差 + LayerNorm 的完整 GPT；默认 %(default)s")
-    p.add_argument("--data", default=None, help="训练文本：任意 UTF-8 文本文件的路径（按字符建词表）；默认用内置的莎士比亚语料（离线，缓存在 data/）")
+    p.add_argument("--corpus", choices=sorted(CORPORA), default=DEFAULT_CORPUS,
+                   help="语料注册表（data_pipeline/corpora.py）里的语料：shakespeare 离线构建；tinyshakespeare 是 nanoGPT 用的那份，"
+                        "第一次用时下载（离线时报错写明放到哪里）；默认 %(default)s")
+    p.add_argument("--data", default=None, help="训练文本：任意 UTF-8 文本文件的路径（按字符建词表），给了就不用 --corpus")
     p.add_argument("--n_layer", type=int, default=4, help="Transformer block 的层数（只在 --stage blocks 时用到）；默认 %(default)s")
     p.add_argument("--n_head", type=int, default=4, help="注意力头数，须整除 --n_embd；默认 %(default)s")
     p.add_argument("--n_embd", type=int, default=32, help="嵌入维度（每个字符的向量长度）；默认 %(default)s")
@@ -596,8 +657,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=int, default=32, help="每步多少条长 block_size 的序列；默认 %(default)s")
     p.add_argument("--dropout", type=float, default=0.0, help="dropout 概率，0 表示关闭；默认 %(default)s")
     p.add_argument("--max_iters", type=int, default=5000, help="训练步数（优化器更新次数）；默认 %(default)s，SMOKE=1 时最多 10")
-    p.add_argument("--lr", type=float, default=1e-3, help="AdamW 的峰值学习率（warmup 结束时达到）；默认 %(default)s")
-    p.add_argument("--min_lr", type=float, default=1e-4, help="cosine 衰减的终点学习率，须满足 0 < min_lr ≤ lr；默认 %(default)s")
+    # 默认学习率按 stage 取（实测，5000 步）：没有残差 + LayerNorm 的浅模型（bigram … ffn）用讲座里 bigram 的 1e-2；
+    # 用 1e-3 时它们 5000 步还远没收敛，val loss 2.6–2.8，连 bigram 计数的 2.49 都不如（bigram 的 logits 就是嵌入表，
+    # Adam 每步每个 logit 只挪约 lr）。Block 堆叠的完整 GPT 用 nanoGPT CPU 配方的 1e-3（讲座里模型变大后也把学习率调小了）。
+    p.add_argument("--lr", type=float, default=None, help="AdamW 的峰值学习率（warmup 结束时达到）；默认 blocks 1e-3、其余 stage 1e-2")
+    p.add_argument("--min_lr", type=float, default=None, help="cosine 衰减的终点学习率，须满足 0 < min_lr ≤ lr；默认 lr/10")
     p.add_argument("--warmup_iters", type=int, default=100, help="学习率线性 warmup 的步数；默认 %(default)s")
     p.add_argument("--beta1", type=float, default=0.9, help="AdamW 一阶矩（动量）的衰减率，[0, 1)；默认 %(default)s")
     # 0.99 而不是 Adam 默认的 0.999：每步只有几百个 token，二阶矩用更短的记忆更跟得上（nanoGPT 的注释）
@@ -605,7 +669,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight_decay", type=float, default=0.1,
                    help="AdamW 的 weight decay，只作用于 2 维及以上的权重（矩阵、嵌入表）；默认 %(default)s")
     p.add_argument("--grad_clip", type=float, default=1.0, help="全局梯度范数的上限，超过就等比例缩小；0 表示不裁剪；默认 %(default)s")
-    p.add_argument("--eval_interval", type=int, default=500, help="每隔多少步评估一次 train / val loss；默认 %(default)s")
+    p.add_argument("--eval_interval", type=int, default=None,
+                   help="每隔多少步评估一次 train / val loss（最后一步总会评估）；默认 max_iters/10，曲线上至少 11 个点")
     p.add_argument("--eval_iters", type=int, default=200,
                    help="每次评估在多少个随机 batch 上求平均 loss（nanoGPT 的 CPU 配方用 20）；默认 %(default)s")
     p.add_argument("--seed", type=int, default=1337, help="随机种子（初始化、取 batch、采样）；默认 %(default)s")
@@ -617,7 +682,7 @@ def build_parser() -> argparse.ArgumentParser:
 def check_args(args) -> None:
     """命令行参数的合法性检查；模型尺寸的检查在 GPTConfig 里。"""
     for name in ("batch_size", "max_iters", "eval_interval", "eval_iters"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"--{name}={getattr(args, name)} 必须 ≥ 1")
     for name in ("warmup_iters", "weight_decay", "grad_clip", "sample_tokens"):
         if getattr(args, name) < 0:
@@ -671,9 +736,32 @@ def check_attention_equivalence(config: GPTConfig) -> float:
     return max((manual - ref).abs().max().item(), (fused - ref).abs().max().item())
 
 
+def report_against_baselines(val_loss: float, baselines: dict[str, float], stage: str) -> list[str]:
+    """把最终的 val loss 放到基线与参考值中间，说清楚"这个数好不好"。"""
+    lines = [
+        f"val loss {val_loss:.4f} | 基线（这份数据现算）：均匀 {baselines['uniform']:.2f} · unigram {baselines['unigram']:.2f}"
+        f" · bigram {baselines['bigram']:.2f} | 参考：stage={stage} 默认配置 {REFERENCE_VAL_LOSS[stage]:.2f}，"
+        f"nanoGPT CPU 配方 {NANOGPT_RECIPE_VAL_LOSS:.2f}（tiny-shakespeare）"
+    ]
+    margin = baselines["bigram"] - val_loss
+    if margin > 0.05:
+        lines.append(f"✓ 比 bigram 基线低 {margin:.2f}：模型用上了比\"前一个字符\"更多的上下文")
+    elif stage == "bigram" and margin > -0.05:
+        lines.append("✓ bigram 模型到达了 bigram 计数的最优值：只看前一个字符，最多也就这么好")
+    elif val_loss < baselines["unigram"]:
+        lines.append(f"… 还没明显超过 bigram 基线（差 {-margin:+.2f}）：多训练一些步（--max_iters）或检查学习率")
+    else:
+        lines.append("✗ 还不如只按字符频率猜（unigram）：训练太短，或者学习率 / 模型有问题")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = lesson_args(__doc__, parser, argv)
+    if args.lr is None:
+        args.lr = 1e-3 if args.stage == "blocks" else 1e-2
+    if args.min_lr is None:
+        args.min_lr = args.lr / 10
     if is_smoke():
         args.max_iters, args.eval_interval, args.eval_iters = min(args.max_iters, 10), 5, 2
         args.sample_tokens = min(args.sample_tokens, 50)
@@ -681,7 +769,7 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         check_args(args)
         device = resolve_device(args.device)
-        text = load_text(args.data)
+        text = load_text(args.data, args.corpus)
         tokenizer = CharTokenizer(text)
         config = GPTConfig(
             vocab_size=tokenizer.vocab_size,
@@ -698,7 +786,9 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(str(err))
 
     print(f"数据：{len(text):,} 个字符，词表 {tokenizer.vocab_size} 个字符；train {len(train_data):,} / val {len(val_data):,}")
-    print(f"初始 loss 的理论值 ln(V) = {math.log(tokenizer.vocab_size):.4f}")
+    baselines = char_baselines(train_data, val_data, tokenizer.vocab_size)
+    print(f"初始 loss 的理论值 ln(V) = {baselines['uniform']:.4f}；不用神经网络的基线（val）：unigram {baselines['unigram']:.4f}，"
+          f"bigram {baselines['bigram']:.4f}——模型要低于 bigram 才算学到了上下文")
     wei = attention_trick_demo()
     print(f"数学小技巧：三种写法一致 ✓（softmax 后的下三角权重，第 3 行 = {[round(w, 3) for w in wei[2].tolist()]}）")
     if config.stage != "bigram":
@@ -719,7 +809,9 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"--- 采样 {args.sample_tokens} 个字符 ---\n{sample}\n---")
     path = plot_losses(history, f"Let's build GPT · stage={config.stage}")
     print(f"损失曲线：{path}")
-    result = {"train_loss": history["train"][-1], "val_loss": history["val"][-1], "ms_per_iter": ms_per_iter}
+    result = {"train_loss": history["train"][-1], "val_loss": history["val"][-1], "ms_per_iter": ms_per_iter,
+              "baselines": baselines}
+    print("\n".join(report_against_baselines(result["val_loss"], baselines, config.stage)))
     print(f"final: train_loss={result['train_loss']:.4f} val_loss={result['val_loss']:.4f}")
     return result
 

@@ -10,7 +10,10 @@
 5×5 卷积、不填充：28 → 24；padding = (k−1)/2 时尺寸不变。MaxPool2d(2) 就是 k=2、s=2 的窗口取最大，尺寸减半。
 
 实现上卷积可以化成一次矩阵乘（im2col）：F.unfold 把每个滑动窗口摊成一列 (C·k·k, L)，
-再与展平的权重 (O, C·k·k) 相乘——GPU 上早期的 cuDNN 就是这么做的。本讲：
+再与展平的权重 (O, C·k·k) 相乘。显式地这样做的是 Caffe（Jia et al. 2014，"lowering" 成一次 GEMM）；
+代价是内存：每个输入像素被复制进最多 k·k 个窗口，课上的 conv1（1×28×28，k=5）摊开后是 25 × 24·24 = 14,400 个数，
+是输入 784 个的 18 倍。cuDNN（Chetlur et al. 2014）同样把卷积化成 GEMM，但是隐式的：只在片上内存里按块现拼
+需要的那一小块"摊开矩阵"，从不把整个 (C·k·k, L) 写进显存。本讲：
 1. 尺寸公式 vs nn.Conv2d / nn.MaxPool2d 的真实输出，多种配置；
 2. unfold 版卷积 vs F.conv2d，输出与梯度；
 3. 课上的网络：Conv(1→10, 5) → MaxPool → ReLU → Conv(10→20, 5) → MaxPool → ReLU → Linear(320→10)。
@@ -20,7 +23,10 @@ MNIST 的 IDX 文件放在 data/mnist/ 时用 MNIST（与课上完全一样，�
 
     python archive/liu2_lecture/lecture10_basic_cnn.py
 
-图：checkpoints/figures/liu2_lecture10_basic_cnn.png（第一层卷积核与测试准确率）。
+多少算好（测试准确率）：瞎猜 10%；同一份像素上的线性分类器（多项逻辑回归，本脚本现场拟合）digits 约 0.967；
+这个 CNN 在 digits 上 15 个 epoch 约 0.987（错误率从 3.3% 降到 1.3%），MNIST 上课上约 98–99%。
+
+图：checkpoints/figures/liu2_lecture10_basic_cnn.png（第一层卷积核与每个 epoch 后的测试准确率）。
 """
 
 from __future__ import annotations
@@ -36,9 +42,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from matplotlib.ticker import MaxNLocator
 from torch.utils.data import DataLoader, TensorDataset
 
 from utils.io import data_dir, is_smoke, output_path
+from utils.lesson_cli import lesson_args
 from utils.torch_playground import setup_seed
 
 SMOKE = is_smoke()
@@ -162,7 +170,20 @@ def evaluate(model: nn.Module, ds: TensorDataset) -> float:
     return correct / len(ds)
 
 
+def linear_baseline(train_set: TensorDataset, test_set: TensorDataset, max_train: int = 10_000) -> float:
+    """基线：把图像展平成向量，拟合多项逻辑回归（第 9 讲的 softmax 分类器去掉隐藏层），返回测试准确率。
+
+    CNN 的准确率要和它比才说明"卷积的空间结构"带来了什么；MNIST 时只取前 max_train 张训练图，几秒钟拟合完。
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = train_set.tensors[0][:max_train].flatten(1).numpy(), train_set.tensors[1][:max_train].numpy()
+    clf = LogisticRegression(max_iter=2000).fit(x, y)
+    return float(clf.score(test_set.tensors[0].flatten(1).numpy(), test_set.tensors[1].numpy()))
+
+
 def train(model: nn.Module, train_set, test_set, epochs: int = EPOCHS, seed: int = 0) -> list[tuple[float, float]]:
+    """返回每个 epoch 结束时的 (平均训练损失, 测试准确率)：第 i 项是第 i + 1 个 epoch 之后的值。"""
     torch.manual_seed(seed)
     loader = DataLoader(train_set, batch_size=BATCH_SIZE, shuffle=True, generator=torch.Generator().manual_seed(seed))
     opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
@@ -179,16 +200,21 @@ def train(model: nn.Module, train_set, test_set, epochs: int = EPOCHS, seed: int
     return history
 
 
-def plot(model: BasicCNN, history, name: str) -> None:
+def plot(model: BasicCNN, history, name: str, baseline: float) -> None:
     fig = plt.figure(figsize=(11, 4))
     w = model.conv1.weight.detach()[:, 0]
+    lim = w.abs().max().item()  # 对称的色标：白色 = 0，红正蓝负，各个核之间可比
     for i in range(10):
         ax = fig.add_subplot(2, 10, 1 + i + 10 * (i // 5) - 5 * (i // 5))
-        ax.imshow(w[i], cmap="bwr")
+        ax.imshow(w[i], cmap="bwr", vmin=-lim, vmax=lim)
         ax.axis("off")
     ax = fig.add_subplot(1, 2, 2)
-    ax.plot([h[1] for h in history], "o-")
-    ax.set(title=f"test accuracy ({name})", xlabel="epoch")
+    epochs = range(1, len(history) + 1)  # history[i] 是第 i + 1 个 epoch 之后测的：横轴从 1 开始
+    ax.plot(epochs, [h[1] for h in history], "o-", label="CNN")
+    ax.axhline(baseline, color="tab:gray", ls="--", label=f"linear (logistic regression) {baseline:.3f}")
+    ax.set(title=f"test accuracy ({name})", xlabel="epoch", ylabel="test accuracy")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(loc="lower right")
     fig.suptitle("conv1 kernels (left) and accuracy (right)")
     fig.tight_layout()
     path = output_path("figures", "liu2_lecture10_basic_cnn.png")
@@ -232,13 +258,17 @@ def main() -> None:
         train_set = TensorDataset(*(t[:2000] for t in train_set.tensors))
     history = train(model, train_set, test_set)
     acc = history[-1][1]
+    baseline = linear_baseline(train_set, test_set)
     print(f"{name}：展平维数 {model.flat_features}，训练 {EPOCHS} 个 epoch，测试准确率 {acc:.3f}")
+    print(f"  对照：瞎猜 0.100；同样像素上的线性分类器（逻辑回归）{baseline:.3f}；"
+          f"参考值：digits 15 个 epoch 约 0.987，MNIST 约 0.98–0.99")
     # 学习结论：digits 上完整训练 > 0.96，MNIST > 0.98（课上约 98–99%）
     assert acc > 0.3
     if not SMOKE:
         assert acc > (0.98 if size == 28 else 0.96)
-    plot(model, history, name)
+    plot(model, history, name, baseline)
 
 
 if __name__ == "__main__":
+    lesson_args(__doc__)
     main()

@@ -18,6 +18,10 @@
     y = relu a     ∂y/∂a = 1[a > 0]      （a = 0 处取 0，与 PyTorch 相同）
 减法与除法不必单独实现：a − b = a + (−1)·b，a / b = a · b^{−1}。
 
+多少算好：logit 恒为 0 时 BCE = ln 2 ≈ 0.693（瞎猜）；两个半月交错，直线分不开——同样 60 个点上的线性分类器
+（逻辑回归，脚本现场拟合）训练集准确率约 83%；这个 2→12→12→1 的 MLP 训练 80 步后 loss 约 0.12、准确率约 95%
+（纯 Python 标量运算，2 核 CPU 上约 1 分钟计算）。
+
     python "archive/Introductory learning/02_MLP/01_micrograd.py"
 
 图：checkpoints/figures/micrograd_moons.png（训练损失与决策区域）。
@@ -36,8 +40,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from sklearn.datasets import make_moons
+from sklearn.linear_model import LogisticRegression
 
 from utils.io import is_smoke, output_path
+from utils.lesson_cli import lesson_args
 from utils.torch_playground import setup_seed, time_block
 
 SMOKE = is_smoke()
@@ -310,9 +316,11 @@ def plot(model: MLP, X: np.ndarray, y: np.ndarray, losses: list[float]) -> None:
     res = 12 if SMOKE else 50
     gx, gy = np.meshgrid(np.linspace(-1.5, 2.5, res), np.linspace(-1.0, 1.5, res))
     zz = np.array([model([a, b])[0].data for a, b in zip(gx.ravel(), gy.ravel())]).reshape(gx.shape)
-    ax2.contourf(gx, gy, zz > 0, alpha=0.3, cmap="coolwarm")
-    ax2.scatter(X[:, 0], X[:, 1], c=y, s=12, cmap="coolwarm")
-    ax2.set(title="decision region (logit > 0)")
+    ax2.contourf(gx, gy, zz > 0, levels=[-0.5, 0.5, 1.5], alpha=0.3, cmap="coolwarm")
+    for label, color in ((0, "tab:blue"), (1, "tab:red")):
+        ax2.scatter(*X[y == label].T, s=12, color=color, label=f"class {label}")
+    ax2.set(title="decision region (shade = predicted class)", xlabel="x1", ylabel="x2")
+    ax2.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     path = output_path("figures", "micrograd_moons.png")
     fig.savefig(path, dpi=110)
@@ -352,9 +360,13 @@ def main() -> None:
     with time_block("训练", verbose=False) as t:
         losses = train(model, X, y, STEPS)
     acc = np.mean([(model(list(map(float, xi)))[0].data > 0) == yi for xi, yi in zip(X, y)])
+    linear = LogisticRegression().fit(X, y).score(X, y)
     print(f"训练 {STEPS} 步（{t.ms / 1000:.1f} s）：loss {losses[0]:.3f} → {losses[-1]:.3f}，训练集准确率 {acc:.0%}")
+    print(f"  对照：瞎猜 loss ln2 = {math.log(2):.3f}、准确率 {max(y.mean(), 1 - y.mean()):.0%}；"
+          f"线性分类器（逻辑回归）准确率 {linear:.0%}；默认配置的参考值 loss ≈ 0.12、准确率 ≈ 95%")
     plot(model, X, y, losses)
 
 
 if __name__ == "__main__":
+    lesson_args(__doc__)
     main()

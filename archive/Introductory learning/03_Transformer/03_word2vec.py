@@ -23,14 +23,23 @@
 高频词下采样：词 w 以概率 min(1, sqrt(t / f(w))) 保留（f 是词频），"the" 这类词大量出现却几乎不带信息，
 丢掉一部分既加速训练，又让窗口覆盖更多有意义的词。
 
+学习率：原版 word2vec.c 每处理 10,000 个词更新一次 alpha = starting_alpha · (1 − 已处理词数 / (iter · 总词数 + 1))，
+并且不低于 starting_alpha · 1e-4——线性衰减到几乎为 0。这里按 batch 计步，公式相同。
+
+多少算好：U 初始化为 0 时所有分数为 0，每个样本的损失正好是 (K+1)·ln 2（K=5 时 4.16）——这是"什么都没学"的基线；
+默认配置（D=100、5 个 epoch，2 核 CPU 上约 40 s 计算）各 epoch 平均损失 3.10 → 2.66 → 2.65 → 2.65 → 2.65。
+损失只说明二分类在变容易，词向量好不好还得看最近邻：实测 king → edward / henry / richard（历史剧里的国王名），
+thou → art / hast / dost（与 thou 搭配的动词变位），这才算学到了；SMOKE=1 的小语料上近邻基本是噪声。
+
     python "archive/Introductory learning/03_Transformer/03_word2vec.py"
 
-图：checkpoints/figures/word2vec_pca.png（部分词向量 PCA 投影到二维）。
+图：checkpoints/figures/word2vec_pca.png（部分词向量 PCA 投影到二维；标签自动错开，不互相压住）。
 """
 
 from __future__ import annotations
 
 import collections
+import math
 import re
 
 import matplotlib
@@ -42,6 +51,7 @@ import torch
 from torch.nn import functional as F
 
 from utils.io import is_smoke, output_path
+from utils.lesson_cli import lesson_args
 from utils.torch_playground import setup_seed, time_block
 
 SMOKE = is_smoke()
@@ -51,7 +61,9 @@ WINDOW = 5  # 最大窗口半径；每个中心词实际用 1..WINDOW 之间的�
 NEGATIVES = 5  # K
 EPOCHS = 1 if SMOKE else 5
 BATCH = 1024
-LR = 0.025 if SMOKE else 0.01  # 初始学习率，线性衰减到 LR/100（原版 word2vec 的做法）
+LR = 0.025 if SMOKE else 0.01  # 初始学习率，线性衰减到 LR·1e-4（原版 word2vec.c 的下限 starting_alpha * 0.0001）
+MIN_LR_FRACTION = 1e-4
+REFERENCE_FINAL_LOSS = 2.65  # 默认配置（非 SMOKE）最后一个 epoch 的平均损失，实测
 SUBSAMPLE_T = 1e-4
 MAX_CHARS = 200_000 if SMOKE else None
 QUERIES = ("king", "queen", "love", "night", "sword", "father", "thou", "death")
@@ -152,6 +164,11 @@ class SkipGramNS:
         return loss.item()
 
 
+def learning_rate(lr: float, step: int, total_steps: int) -> float:
+    """word2vec.c 的学习率：lr · (1 − 进度)，不低于 lr · 1e-4（MIN_LR_FRACTION）。"""
+    return lr * max(1 - step / total_steps, MIN_LR_FRACTION)
+
+
 def train_word2vec(ids: np.ndarray, counts: np.ndarray, dim: int, epochs: int, lr: float, seed: int = 0,
                    window: int = WINDOW, negatives: int = NEGATIVES, batch: int = BATCH,
                    subsample_t: float | None = SUBSAMPLE_T, verbose: bool = False):
@@ -172,8 +189,7 @@ def train_word2vec(ids: np.ndarray, counts: np.ndarray, dim: int, epochs: int, l
             c = centers_t[start : start + batch]
             o = contexts_t[start : start + batch]
             neg = torch.multinomial(noise, c.numel() * negatives, replacement=True, generator=gen)
-            cur_lr = lr * max(1 - step / total_steps, 0.01)  # 线性衰减
-            running.append(model.step(c, o, neg.view(-1, negatives), cur_lr))
+            running.append(model.step(c, o, neg.view(-1, negatives), learning_rate(lr, step, total_steps)))
             step += 1
         losses.append(float(np.mean(running)))
         if verbose:
@@ -207,6 +223,62 @@ def pca_2d(x: torch.Tensor) -> torch.Tensor:
     return centered @ vh[:2].T
 
 
+# 候选位置：标签放在点的 8 个方向上、由近到远；对齐方式让文字朝远离点的方向展开
+_LABEL_DIRECTIONS = [(1, 1), (1, -1), (-1, 1), (-1, -1), (1, 0), (-1, 0), (0, 1), (0, -1)]
+_LABEL_RADII = (3, 10, 18, 28, 40)  # 单位：points（1/72 英寸），与坐标轴的缩放无关
+
+
+def place_labels(ax, xy, labels, fontsize: float = 9) -> list:
+    """在散点旁放文字标签，贪心地避开已放好的标签与其他点；返回每个标签在屏幕坐标里的包围盒。
+
+    没有 adjustText 时的小办法：对每个点依次试 8 个方向 × 几个距离的位置，画出来量它的包围盒
+    （get_window_extent 用的是真实字体度量），与已放好的标签、以及除自己以外的点都不相交就留下；
+    都不行时留下重叠面积最小的那个。离点远的标签用一条细线连回点。调用前坐标轴范围与布局要先定好
+    （之后再改，屏幕坐标就变了）。
+    """
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer()
+    points = ax.transData.transform(np.asarray(xy, dtype=float))  # (N, 2) 屏幕坐标（像素）
+    pad = 1.5  # 像素：点本身的半径大致这么大
+    placed = []
+    for i, (label, (x, y)) in enumerate(zip(labels, np.asarray(xy, dtype=float))):
+        others = np.delete(points, i, axis=0)
+        best = None
+        for r in _LABEL_RADII:
+            for dx, dy in _LABEL_DIRECTIONS:
+                norm = math.hypot(dx, dy)
+                offset = (r * dx / norm, r * dy / norm)
+                ha = "left" if dx > 0 else "right" if dx < 0 else "center"
+                va = "bottom" if dy > 0 else "top" if dy < 0 else "center"
+                text = ax.annotate(label, (x, y), xytext=offset, textcoords="offset points", ha=ha, va=va,
+                                   fontsize=fontsize,
+                                   arrowprops=dict(arrowstyle="-", lw=0.5, color="0.5") if r > _LABEL_RADII[0] else None)
+                box = text.get_window_extent(renderer)
+                overlap = sum(_overlap_area(box, b) for b in placed)
+                inside = ((others[:, 0] > box.x0 - pad) & (others[:, 0] < box.x1 + pad)
+                          & (others[:, 1] > box.y0 - pad) & (others[:, 1] < box.y1 + pad)).sum()
+                cost = overlap + 50.0 * inside  # 压住一个点按 50 平方像素的重叠算
+                if best is None or cost < best[0]:
+                    if best is not None:
+                        best[1].remove()
+                    best = (cost, text, box)
+                else:
+                    text.remove()
+                if best[0] == 0:
+                    break
+            if best[0] == 0:
+                break
+        placed.append(best[2])
+    return placed
+
+
+def _overlap_area(a, b) -> float:
+    """两个屏幕坐标包围盒（matplotlib Bbox）相交部分的面积，不相交为 0。"""
+    w = min(a.x1, b.x1) - max(a.x0, b.x0)
+    h = min(a.y1, b.y1) - max(a.y0, b.y0)
+    return max(w, 0.0) * max(h, 0.0)
+
+
 def main() -> None:
     from sklearn.decomposition import PCA
 
@@ -234,9 +306,11 @@ def main() -> None:
           f"'{words[-1]}' 的频率 {counts[-1] / counts.sum():.1e} → P_n {noise[-1].item():.1e}")
 
     print(f"\n== 3. 训练：D={DIM}，窗口 ≤{WINDOW}，K={NEGATIVES}，{EPOCHS} 个 epoch ==")
+    print(f"  基线：U = 0 时每个样本的损失 = (K+1)·ln2 = {(NEGATIVES + 1) * math.log(2):.4f}（什么都没学）")
     with time_block("word2vec", verbose=False) as t:
         model, losses = train_word2vec(ids, counts, DIM, EPOCHS, LR, verbose=True)
-    print(f"  用时 {t.seconds:.1f} s")
+    print(f"  用时 {t.seconds:.1f} s；平均损失 {(NEGATIVES + 1) * math.log(2):.2f} → {losses[-1]:.2f}"
+          f"（默认配置的参考值：最后一个 epoch 约 {REFERENCE_FINAL_LOSS}）")
     emb = model.V
 
     print("\n== 4. 最近邻（余弦相似度）==")
@@ -262,12 +336,13 @@ def main() -> None:
     assert pca_err < 1e-4
     fig, ax = plt.subplots(figsize=(8, 7))
     ax.scatter(points[:, 0], points[:, 1], s=10)
-    for w, (x, y) in zip(show, points.tolist()):
-        ax.annotate(w, (x, y), fontsize=9)
     ax.set_title(f"Word2Vec (SGNS) on Shakespeare: PCA of {len(show)} centred unit word vectors")
     ax.set_xlabel("PC 1")
     ax.set_ylabel("PC 2")
+    ax.margins(0.12)  # 给边缘的标签留地方
     fig.tight_layout()
+    fig.canvas.draw()  # 先定下布局，place_labels 量的屏幕坐标才是最终的
+    place_labels(ax, points.numpy(), show)
     path = output_path("figures", "word2vec_pca.png")
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -275,4 +350,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    lesson_args(__doc__)
     main()
