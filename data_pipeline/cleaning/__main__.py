@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> dict:
     return stats
 
 
-DEMO_STEPS = ("normalize", "pii", "exact_dedup", "near_dedup")
+DEMO_STEPS = ("normalize", "language", "pii", "exact_dedup", "near_dedup")
 
 
 def demo_corpus(directory: Path) -> list[Path]:
@@ -104,7 +104,7 @@ def demo(out: Path, tmp: Path) -> None:
     inputs = demo_corpus(tmp)
     parser = build_parser()
     # 莎士比亚的台词多数很短：面向网页的质量规则（gopher_*、c4_quality、fineweb_quality）会删掉大半，
-    # 演示只用不改变文体的步骤（与 make run 的清洗阶段相同）
+    # 演示只用不改变文体的步骤（与 make run 的清洗阶段相同，外加语言识别）
     argv = [*map(str, inputs), "--out", str(out), "--on-bad-json", "skip", "--no-progress",
             "--steps", ",".join(DEMO_STEPS)]
     stats = run(parser.parse_args(argv))

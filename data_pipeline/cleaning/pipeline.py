@@ -396,6 +396,13 @@ FINEWEB_CHAIN = {
 }
 
 
+def _language_step() -> DecisionStep:
+    """只留英语、后验概率 ≥ 0.65 的文档（FineWeb 的设定；langid.LanguageFilter，原因码 language_<语言>）。"""
+    from data_pipeline.cleaning.langid import LanguageFilter
+
+    return DecisionStep("language", LanguageFilter(("en",), 0.65))
+
+
 @dataclass(frozen=True)
 class PIIStep:
     """PII 遮盖（pii.mask_pii）：邮箱、电话、IPv4/IPv6 换成占位符。原因码是这篇里出现的种类，例如 "email+phone"。"""
@@ -476,11 +483,12 @@ class NearDedupStep:
         return {i: "near_duplicate" for group in uf.groups() for i in group[1:]}
 
 
-# 默认顺序（命令行不给 --steps 时全部按这个顺序跑）：先规范化（后面的规则都按规范化后的文本计数）→
+# 默认顺序（命令行不给 --steps 时全部按这个顺序跑）：先规范化（后面的规则都按规范化后的文本计数）→ 语言 →
 # 质量规则 → PII 遮盖 → 精确去重 → 近似去重。PII 排在去重之前（FineWeb 放在最后）：全局步骤必须在局部步骤之后，
 # 而且只差一个邮箱的两篇文档遮盖之后成为精确重复，正好一起去掉。
 STEP_BUILDERS: dict[str, Callable[[], Any]] = {
     "normalize": NormalizeStep,
+    "language": _language_step,
     **FINEWEB_CHAIN,
     "pii": PIIStep,
     "exact_dedup": ExactDedupStep,

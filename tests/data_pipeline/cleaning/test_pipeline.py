@@ -360,7 +360,7 @@ def test_real_steps_end_to_end(tmp_path):
 
 
 def test_rule_steps_drop_and_modify_with_their_reason_codes(tmp_path):
-    """规范化与 FineWeb 规则链经适配器接入：删的原因码就是规则自己的理由码，C4 的行过滤算"修改"。"""
+    """规范化、语言、FineWeb 规则链经适配器接入：删的原因码就是规则自己的理由码，C4 的行过滤算"修改"。"""
     prose_text = "\n".join([
         "The old theatre stood at the edge of the river, and every evening the players came to rehearse.",
         "They argued about the lines, the costumes and the music that would open the second act.",
@@ -373,11 +373,12 @@ def test_rule_steps_drop_and_modify_with_their_reason_codes(tmp_path):
         {"text": prose_text, "n": "good"},
         {"text": "The king is dead, and the queen has gone to the tower with her young son.", "n": "short"},  # < 50 词
         {"text": prose_text + "\nPlease enable JavaScript in your browser to see the comments.", "n": "c4"},
+        {"text": "Le roi est mort, vive le roi ! " * 20, "n": "french"},
         {"text": prose_text.replace("the", "thé", 1).replace("thé", "thÃ©", 1), "n": "mojibake"},
     ]
     path = tmp_path / "in.jsonl"
     path.write_text("".join(json.dumps(d) + "\n" for d in docs), encoding="utf-8")
-    names = ["normalize", "gopher_repetition", "gopher_quality", "c4_quality", "fineweb_quality"]
+    names = ["normalize", "language", "gopher_repetition", "gopher_quality", "c4_quality", "fineweb_quality"]
     stats = clean([path], tmp_path / "o", CleanConfig(steps=P.build_steps(names), progress=False))
     out = {r["n"]: r["text"] for r in read_cleaned(tmp_path / "o" / "cleaned.jsonl")}
     assert set(out) == {"good", "mojibake", "c4"}
@@ -385,10 +386,11 @@ def test_rule_steps_drop_and_modify_with_their_reason_codes(tmp_path):
     assert step(stats, "c4_quality")["reasons"]["c4_quality:lines_removed"]["docs_modified"] == 1
     assert out["mojibake"] == prose_text.replace("the", "thé", 1)  # 乱码修好了
     assert "normalize:normalized" in step(stats, "normalize")["reasons"]
+    assert step(stats, "language")["reasons"]["language:language_fr"]["docs_removed"] == 1
     # 短文档被第一条命中的规则删掉；每个删除原因都是"步骤名:该过滤器自己声明的理由码"
     built = {s.name: s for s in P.build_steps(names)}
     removed = {r: c["docs_removed"] for s in stats["steps"] for r, c in s["reasons"].items() if c["docs_removed"]}
-    assert sum(removed.values()) == 1
+    assert sum(removed.values()) == 2
     for reason in removed:
         name, code = reason.split(":", 1)
         assert code in built[name].filter.reasons, reason
