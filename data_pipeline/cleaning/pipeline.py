@@ -8,7 +8,7 @@
 ## 1. 步骤协议：两种步骤
 
 别的文件（normalize.py、filters.py、langid.py、pii.py、exact_dedup.py、minhash.py）各自只管一件事；
-这里用两个很小的协议把它们接成步骤，适配器都在本文件的第 3 节：
+这里用两个很小的协议把它们接成步骤，适配器都在本文件的第 4 节：
 
 - **局部步骤**（LocalStep）：`apply(text) -> (新文本或 None, 原因)`，只看一篇文档。
   返回 None = 删掉（原因码说明为什么，例如 "gopher_quality:gopher_short_doc"）；返回不同的文本 = 修改
@@ -68,8 +68,9 @@ import numpy as np
 from utils.io import atomic_path, atomic_write
 
 __all__ = [
-    "STEP_BUILDERS", "CleanConfig", "DropEmpty", "GlobalStep", "InputError", "LocalStep", "ReadStats", "StepStats",
-    "available_steps", "build_steps", "clean", "iter_documents", "jsonl_to_text", "read_cleaned", "stats_markdown",
+    "STEP_BUILDERS", "CleanConfig", "DecisionStep", "DropEmpty", "ExactDedupStep", "GlobalStep", "InputError",
+    "LocalStep", "NearDedupStep", "NormalizeStep", "PIIStep", "ReadStats", "StepStats", "available_steps", "build_steps",
+    "clean", "iter_documents", "jsonl_to_text", "read_cleaned", "stats_markdown",
 ]
 
 FORMAT_VERSION = 1
