@@ -397,3 +397,15 @@ def test_rule_steps_drop_and_modify_with_their_reason_codes(tmp_path):
     # 同一组步骤造两次，repr 相同（进配置摘要：续跑才认得出是同一配置）
     assert [repr(s) for s in P.build_steps(names)] == [repr(s) for s in P.build_steps(names)]
     assert all("0x" not in repr(s) for s in P.build_steps(names))
+
+
+def test_near_dedup_bands_catch_pairs_at_the_verification_threshold_and_above():
+    """(b, r) 按 lsh_threshold = 0.7 选：J = 0.9 的对几乎必然成为候选（按 0.8 选只有约 93%），核对仍按 0.8。"""
+    from data_pipeline.cleaning.minhash import candidate_probability, optimal_bands
+    from data_pipeline.cleaning.pipeline import NearDedupStep
+
+    step = NearDedupStep()
+    b, r = optimal_bands(min(step.lsh_threshold, step.threshold), step.num_perm)
+    assert float(candidate_probability(0.9, b, r)) > 0.99
+    b8, r8 = optimal_bands(step.threshold, step.num_perm)
+    assert float(candidate_probability(0.9, b8, r8)) < 0.95  # 这正是要用更低的 LSH 阈值的原因
