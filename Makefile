@@ -5,7 +5,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # 想要特定的 torch（例如 CPU 版 `torch==2.13.0`，或某个 CUDA 版本）时覆盖它：make test TORCH_SPEC='torch==2.13.0'
-TORCH_SPEC ?= torch>=2.6
+TORCH_SPEC ?= torch>=2.13
 # pytest 的并行进程数（pytest-xdist）；设为 0 则单进程
 JOBS ?= auto
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | sha256sum | cut -c1-16)
