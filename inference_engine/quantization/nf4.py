@@ -186,8 +186,10 @@ class NF4Linear(nn.Module):
             raise ValueError(f"in_features / out_features 必须为正，收到 {in_features} / {out_features}")
         self.block_size = _check_block("block_size", block_size, even=True)
         if in_features % block_size:
-            raise ValueError(f"block_size={block_size} 不能整除 in_features={in_features}：每块必须落在同一行里，"
-                             f"换一个能整除 {in_features} 的块大小（例如 32、64、128）")
+            fits = [b for b in (16, 32, 64, 128, 256) if in_features % b == 0]
+            fix = (f"换一个能整除 {in_features} 的块大小：{'、'.join(map(str, fits))}" if fits else
+                   f"{in_features} 不是 16 的倍数，没有常用的块大小能整除它：这一层请保留浮点或用 int8")
+            raise ValueError(f"block_size={block_size} 不能整除 in_features={in_features}：每块必须落在同一行里；{fix}")
         if not isinstance(double_quant, bool):
             raise ValueError(f"double_quant 必须是 True / False，收到 {double_quant!r}")
         self.dq_block_size = _check_block("dq_block_size", dq_block_size, even=False)
