@@ -86,3 +86,26 @@ def corpus_file(corpus: str, data: str | os.PathLike | None = None, smoke: bool 
         return corpus_path(corpus)
     except CorpusUnavailableError as exc:
         raise SystemExit(str(exc)) from None
+
+
+def rss_bytes() -> int:
+    """当前常驻内存（/proc/self/statm 的第二个字段是常驻页数）。内存基准在子进程里用它量"开跑前"的基线。"""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def reset_peak_rss() -> bool:
+    """把内核记录的峰值常驻内存清零（Linux ≥ 4.0）；之后 ru_maxrss 从当前 RSS 重新开始记。做不到时返回 False。"""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_bytes() -> int:
+    """进程（自上次 reset_peak_rss 起）的峰值常驻内存。"""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux 上单位是 KiB

@@ -27,14 +27,13 @@ import argparse
 import gc
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from _common import REPO_ROOT, machine_info, update_results
+from _common import REPO_ROOT, machine_info, peak_rss_bytes, reset_peak_rss, rss_bytes, update_results
 
 from utils.io import is_smoke
 
@@ -45,26 +44,6 @@ METHODS = {
     "triton_ce": "我们：cross_entropy(hidden @ Wᵀ)（一遍扫描，logits 仍物化）",
     "linear_ce": "我们：linear_cross_entropy（分块，不物化）",
 }
-
-
-def _rss_bytes() -> int:
-    """当前常驻内存（/proc/self/statm 的第二个字段是常驻页数）。"""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _reset_peak_rss() -> bool:
-    """把内核记录的峰值常驻内存清零（Linux ≥ 4.0）；之后 ru_maxrss 从当前 RSS 重新开始记。做不到时返回 False。"""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux 上单位是 KiB
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -100,8 +79,8 @@ def worker(method: str, n: int, c: int, vocab: int, chunk: int | None, reps: int
     fn(hidden[:WARMUP].detach().requires_grad_(True), weight, targets[:WARMUP]).backward()  # 预热：惰性初始化不算进峰值
     weight.grad = None
     gc.collect()
-    exact = _reset_peak_rss()
-    rss0 = _rss_bytes()
+    exact = reset_peak_rss()
+    rss0 = rss_bytes()
     walls, cpus = [], []
     for rep in range(reps):
         hidden.grad = weight.grad = None
@@ -111,7 +90,7 @@ def worker(method: str, n: int, c: int, vocab: int, chunk: int | None, reps: int
         walls.append(time.perf_counter() - start_wall)
         cpus.append(time.process_time() - start_cpu)
         if rep == 0:
-            peak = _peak_rss_bytes() - rss0  # 只取第一次：之后的重复可能复用分配器里没还给系统的内存
+            peak = peak_rss_bytes() - rss0  # 只取第一次：之后的重复可能复用分配器里没还给系统的内存
     grad_norms = (hidden.grad.norm().item(), weight.grad.norm().item())
     return {"peak": max(peak, 0), "wall": statistics.median(walls), "cpu": statistics.median(cpus), "exact": exact,
             "loss": loss.item(), "grad_hidden_norm": grad_norms[0], "grad_weight_norm": grad_norms[1]}

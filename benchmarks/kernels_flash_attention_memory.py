@@ -26,39 +26,18 @@ import argparse
 import gc
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from _common import REPO_ROOT, machine_info, update_results
+from _common import REPO_ROOT, machine_info, peak_rss_bytes, reset_peak_rss, rss_bytes, update_results
 
 from utils.io import is_smoke
 
 SMOKE = is_smoke()
 GOAL = 0.25  # issue 17：分块 FA2 的峰值内存 ≤ 0.25 × 朴素实现
-
-
-def _rss_bytes() -> int:
-    """当前常驻内存（/proc/self/statm 的第二个字段是常驻页数）。"""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _reset_peak_rss() -> bool:
-    """把内核记录的峰值常驻内存清零（Linux ≥ 4.0）；之后 ru_maxrss 从当前 RSS 重新开始记。做不到时返回 False。"""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux 上单位是 KiB
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -115,13 +94,13 @@ def worker(method: str, t: int, heads: int, d: int, block: int, reps: int) -> di
     fn(q, k, v).backward(do)
     q, k, v, do = inputs(t)
     gc.collect()
-    exact = _reset_peak_rss()
-    rss0 = _rss_bytes()
+    exact = reset_peak_rss()
+    rss0 = rss_bytes()
     start_wall, start_cpu = time.perf_counter(), time.process_time()
     out, saved = _saved_bytes(fn, q, k, v)
     out.backward(do)
     walls, cpus = [time.perf_counter() - start_wall], [time.process_time() - start_cpu]
-    peak = _peak_rss_bytes() - rss0
+    peak = peak_rss_bytes() - rss0
     del out
     for _ in range(reps - 1):
         for x in (q, k, v):
