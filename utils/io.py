@@ -5,6 +5,7 @@
 - is_smoke()：环境变量 SMOKE=1 时，每个脚本把规模缩小到几秒钟能跑完（冒烟测试用它）。
 - atomic_write / atomic_path：先写临时文件再 rename。rename 在同一文件系统上是原子的，
   所以进程在任何时刻崩溃，目标文件要么是旧的完整版本，要么是新的完整版本，绝不会是写了一半的。
+- save_figure：把 matplotlib 图原子地存进 checkpoints/figures/（或给定路径）并关掉它，返回路径。
 """
 
 from __future__ import annotations
@@ -74,4 +75,26 @@ def atomic_write(path: str | os.PathLike, data: str | bytes, encoding: str = "ut
     return path
 
 
-__all__ = ["REPO_ROOT", "atomic_path", "atomic_write", "checkpoints_dir", "data_dir", "is_smoke", "output_path"]
+def save_figure(fig, name: str | os.PathLike, *, dpi: int = 120, **savefig_kwargs) -> Path:
+    """原子地保存一张 matplotlib 图并关闭它（释放内存），返回保存的路径。
+
+    name 是单纯的文件名（如 "rope.png"）时存到 output_path("figures", name)；带目录的路径原样使用。
+    格式取自后缀（临时文件的后缀是 .tmp，所以显式传 format，否则 matplotlib 会按 .tmp 猜格式而报错）。
+    """
+    import matplotlib.pyplot as plt  # 延迟导入：utils.io 被处处导入，不该为此付 matplotlib 的导入时间
+
+    name = Path(name)
+    path = output_path("figures", name.name) if name.parent == Path(".") else name
+    fmt = path.suffix.lstrip(".").lower()
+    try:
+        if not fmt:
+            raise ValueError(f"图的文件名 {str(name)!r} 没有后缀：写成 'xxx.png'（或 .pdf/.svg）让格式明确")
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, format=fmt, **savefig_kwargs)
+    finally:
+        plt.close(fig)
+    return path
+
+
+__all__ = ["REPO_ROOT", "atomic_path", "atomic_write", "checkpoints_dir", "data_dir", "is_smoke", "output_path",
+           "save_figure"]
