@@ -383,6 +383,13 @@ def apply_rope(x: Tensor, rope: Tensor) -> Tensor:
     return torch.stack((x0 * cos - x1 * sin, x1 * cos + x0 * sin), dim=-1).flatten(-2)  # (B, T, H, D)
 
 
+def _fusable_linear(module: nn.Module) -> bool:
+    """module 是一个可以把 .weight 拼进大 GEMM 的普通 nn.Linear：类型恰好是 nn.Linear（子类可能改了 forward），没挂
+    forward hook（拼接路径不调用它的 forward，hook 会静默失效）。全局 hook（nn.modules.module.register_module_forward_hook）
+    不在此列：它们对每个模块都生效，拼接路径照样会漏掉，用它们观察投影时请设 fuse_weights=False。"""
+    return type(module) is nn.Linear and not module._forward_hooks and not module._forward_pre_hooks
+
+
 class Attention(nn.Module):
     """GQA 自注意力：H 个 Q 头共享 H_kv 组 K/V（H_kv = H 时就是 MHA，H_kv = 1 时是 MQA）。"""
 
@@ -406,13 +413,17 @@ class Attention(nn.Module):
           一次 GEMM 代替三次（nanoGPT 的 c_attn 也是这样）；拷贝权重的代价被成百上千个 token 摊薄。
         - token 少（逐 token 解码）：拷贝权重比算这几个 token 还贵，于是照常算三个投影，再交错 q/k 的输出。
         参数始终是 HF 命名的 q_proj / k_proj / v_proj（checkpoint 与 HF 互通）；反向时 autograd 把梯度切回三块。
+
+        拼权重只对三个"普通的" nn.Linear 成立：某个投影被换成别的模块（量化层、LoRA……没有可拼的 .weight），
+        或挂了 forward hook（校准时记输入、调试时看激活——拼接路径根本不调用它的 forward），就总走分开的三个投影，
+        fuse_weights=True 也一样：结果相同，只是不能拼。
         """
         b, t, c = x.shape
         h, h_kv, d = self.n_head, self.n_kv_head, self.head_dim
         projs = (self.q_proj, self.k_proj, self.v_proj)
         if fuse_weights is None:
             fuse_weights = b * t >= c
-        if fuse_weights:
+        if fuse_weights and all(_fusable_linear(p) for p in projs):
             def stacked(name: str) -> Tensor:  # [q 的行（交错）; k 的行（交错）; v 的行]，name = "weight" 或 "bias"
                 q, k, v = (getattr(proj, name) for proj in projs)
                 qk = torch.cat((q, k)).unflatten(0, (h + h_kv, d))  # 行按头拆开：(H + H_kv, D, ...)

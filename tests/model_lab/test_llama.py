@@ -7,6 +7,7 @@ import importlib
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from model_lab import (
     ATTENTION_BACKENDS,
@@ -336,3 +337,31 @@ def test_qkv_fused_weights_equal_separate_projections(name):
     assert len(g_a) == len(g_b) > 0
     for a, b in zip(g_a, g_b):
         torch.testing.assert_close(a, b)
+
+
+def test_qkv_fusion_only_for_plain_linears_without_hooks():
+    """拼 q/k/v 权重只对普通 nn.Linear 成立：挂了 hook 的投影照样被调用，换成别的模块（如量化层）的投影也能跑。"""
+    model, _ = make_pair("gqa_llama3_bias", seed=3)
+    attn = model.model.layers[0].self_attn
+    x = torch.randn(2, 40, BASE["hidden_size"])  # B·T ≥ C：默认会拼
+    ref_qk, ref_v = attn.project_qkv(x, fuse_weights=False)
+
+    seen = []
+    handle = attn.k_proj.register_forward_hook(lambda m, inp, out: seen.append(out.shape))
+    qk, v = attn.project_qkv(x, fuse_weights=True)
+    handle.remove()
+    assert seen == [(2, 40, attn.n_kv_head * attn.head_dim)]  # 拼接路径会跳过 k_proj.forward，hook 就静默失效
+    torch.testing.assert_close(qk, ref_qk)
+
+    class Wrapped(nn.Module):  # 没有 .weight 的"量化层"替身：只暴露 forward
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, t):
+            return self.inner(t)
+
+    attn.q_proj = Wrapped(attn.q_proj)
+    qk, v = attn.project_qkv(x)
+    torch.testing.assert_close(qk, ref_qk)
+    torch.testing.assert_close(v, ref_v)
