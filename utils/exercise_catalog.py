@@ -14,6 +14,7 @@ tests/utils/test_exercise_workspace.py 守住目录不过期：每个函数都�
 from __future__ import annotations
 
 import ast
+import importlib
 from dataclasses import dataclass
 from functools import cache
 
@@ -783,7 +784,63 @@ def _28days() -> dict[str, tuple[Exercise, ...]]:
     return {p.relative_to(REPO_ROOT).as_posix(): _day_exercises(p.relative_to(REPO_ROOT).as_posix()) for p in days}
 
 
+# =============================================================================
+# 分册：utils/exercise_parts/*.py 每个文件一个区域（刘二讲义、数据清洗、量化……），各自导出 EXERCISES
+# =============================================================================
+PARTS = ("intro", "liu2", "model_lab", "cleaning", "training", "distributed", "kernels", "quantization")
+
+# 课程顺序：status 与 check 按它列文件（同一区域内保持登记的顺序）
+STAGE_ORDER = ("archive/28days_challenges/", "archive/Introductory learning/", "archive/Let's_build_GPT/",
+               "archive/liu2_lecture/", "archive/kaggle/", "model_lab/", "data_pipeline/tokenization/",
+               "data_pipeline/", "training_sys/optimization/", "training_sys/distributed/", "training_sys/",
+               "inference_engine/kernels/", "inference_engine/quantization/", "inference_engine/")
+
+
+def _stage(rel: str) -> int:
+    return next((i for i, prefix in enumerate(STAGE_ORDER) if rel.startswith(prefix)), len(STAGE_ORDER))
+
+
+def _parts() -> dict[str, tuple[Exercise, ...]]:
+    merged: dict[str, tuple[Exercise, ...]] = {}
+    for name in PARTS:  # 函数里导入：分册要 from utils.exercise_catalog import E，顶层导入会成环
+        part = importlib.import_module(f"utils.exercise_parts.{name}")
+        clash = merged.keys() & part.EXERCISES.keys() | _HAND_WRITTEN.keys() & part.EXERCISES.keys()
+        if clash:
+            raise ValueError(f"{sorted(clash)} 在练习目录里登记了两次（utils/exercise_parts/{name}.py）：每个文件只登记一处")
+        merged.update(part.EXERCISES)
+    return merged
+
+
 @cache
 def catalog() -> dict[str, tuple[Exercise, ...]]:
-    """全部练习：{仓库相对路径: (Exercise, …)}，按课程顺序（Stage 1 → model_lab → … → kernels）。"""
-    return {**_28days(), **_HAND_WRITTEN}
+    """全部练习：{仓库相对路径: (Exercise, …)}，按课程顺序（Stage 1 → model_lab → … → kernels → 量化）。"""
+    everything = {**_28days(), **_HAND_WRITTEN, **_parts()}
+    return dict(sorted(everything.items(), key=lambda item: _stage(item[0])))  # sorted 是稳定的
+
+
+# =============================================================================
+# 不出练习的文件：基础设施（入口、胶水、工具），不是课；新的课程/模块文件要么登记练习，要么在这里写明为什么不
+# （tests/utils/test_exercise_workspace.py::test_every_lesson_and_module_has_exercises_or_a_reason 守着）
+# =============================================================================
+NOT_EXERCISES: dict[str, str] = {
+    "utils/exercise_catalog.py": "练习目录本身（数据）",
+    "utils/exercise_workspace.py": "练习模式的工具",
+    "utils/exercises.py": "练习模式的命令行入口",
+    "utils/io.py": "路径与原子写入的小工具",
+    "utils/lazy.py": "延迟导入的小工具",
+    "utils/lesson_cli.py": "课程脚本的 --help 与参数检查",
+    "utils/torch_playground.py": "种子与打印的小工具（课程 API，不是课）",
+    "data_pipeline/cleaning/__main__.py": "命令行入口",
+    "data_pipeline/tokenization/__main__.py": "命令行入口",
+    "inference_engine/quantization/__main__.py": "命令行入口",
+    "inference_engine/kernels/runtime.py": "Triton 解释器的开关与张量检查（胶水）",
+    "inference_engine/kernels/ops.py": "把 kernel 包成 torch.library 自定义算子的注册（胶水）",
+    "inference_engine/backends.py": "把 kernel 注册成模型后端的接线（胶水）",
+    "model_lab/attention_backends.py": "注意力后端的注册表（胶水）",
+    "model_lab/kernel_backends.py": "kernel 后端的注册表（胶水）",
+    "training_sys/distributed/launch.py": "torchrun / spawn 的启动胶水",
+    "training_sys/optimization/_checks.py": "优化器参数的输入检查",
+    "training_sys/speedrun.py": "make run 的入口：把各阶段串起来",
+    "training_sys/pipeline.py": "make run 的断点续跑：阶段记录（基础设施）",
+    "training_sys/speedrun_report.py": "make run 的中文报告生成",
+}
