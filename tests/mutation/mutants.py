@@ -332,4 +332,14 @@ MUTANTS: list[Mutant] = [
     Mutant("clean_langid_threshold_flipped", "data_pipeline/cleaning/langid.py",
            "        if prob < self.min_prob:", "        if prob > self.min_prob:",
            ("tests/data_pipeline/cleaning/test_langid.py",), "语言过滤的概率阈值方向反了"),
+    # ---- 练习 / 工具 / 模型契约（本轮） ----
+    Mutant("llama_fuse_ignores_hooks", LLAMA,
+           "    return type(module) is nn.Linear and not module._forward_hooks and not module._forward_pre_hooks",
+           "    return isinstance(module, nn.Linear)",
+           ("tests/model_lab/test_llama.py::test_qkv_fusion_only_for_plain_linears_without_hooks",),
+           "拼 q/k/v 权重时不看 hook：校准 / 调试挂在 k_proj 上的 hook 静默失效"),
+    Mutant("io_save_figure_tmp_format", "utils/io.py",
+           "            fig.savefig(tmp, dpi=dpi, format=fmt, **savefig_kwargs)",
+           "            fig.savefig(tmp, dpi=dpi, **savefig_kwargs)",
+           ("tests/utils/test_io.py",), "存图不传 format：matplotlib 按临时文件的 .tmp 后缀猜格式而失败"),
 ]
