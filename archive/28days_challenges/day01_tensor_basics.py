@@ -61,7 +61,8 @@ def ex4_image_to_float(img: torch.Tensor) -> torch.Tensor:
     """把 (H, W, C) 的 uint8 图像转成 (C, H, W) 的 float32，数值缩放到 [0, 1]。
 
     陷阱：在 uint8 上做加法、乘法会回绕溢出，要先转 float；PyTorch 的 `/` 总是真除法（结果是浮点），
-    `//` 才是整除。permute 得到的是非连续视图，逐元素运算会产生新的连续张量。
+    `//` 才是整除。permute 得到的是非连续视图；逐元素运算（.to、/）会分配新张量，但**沿用输入的步长布局**
+    （(H, W, C) 的图像 permute 后步长是 (1, W·C, C)，结果仍然不连续）——下游要 .view 时先 .contiguous()。
     """
     return img.permute(2, 0, 1).to(torch.float32) / 255.0
 
@@ -138,6 +139,9 @@ def demo() -> None:
     for dt in (torch.float64, torch.float32, torch.bfloat16, torch.int8):
         print(f"  {str(dt):15s} 每元素 {torch.empty(0, dtype=dt).element_size()} 字节")
     print(f"torch.from_numpy 与 numpy 共享内存：{torch.from_numpy(np.zeros(2)).dtype}（numpy 默认 float64）")
+    chw = torch.zeros(2, 3, 4, dtype=torch.uint8).permute(2, 0, 1).to(torch.float32) / 255.0  # 与 ex4 同一写法
+    print(f"(H,W,C)=(2,3,4) 的图像 permute 后转 float、除以 255：新张量，但沿用 permute 的步长 "
+          f"stride={chw.stride()}，contiguous={chw.is_contiguous()}")
 
 
 # =============================================================================

@@ -7,7 +7,8 @@ PyTorch 的索引规则基本照搬 numpy：
    注意：PyTorch 不支持负步长切片 x[::-1]，要反转用 torch.flip 或者用 arange 造倒序下标。
 2. 高级索引（用整数张量或布尔张量做下标）返回**副本**：
    - x[idx]：按 idx 挑行；x[rows, cols]：rows 与 cols 先广播成同一形状，再逐对取 x[rows[k], cols[k]]。
-   - x[mask]：布尔掩码，返回一维的被选元素（元素个数由数据决定，所以是副本）。
+   - x[mask]：布尔掩码（与 x 同形状时）返回一维的被选元素（元素个数由数据决定，所以是副本）；
+     mask 只覆盖前几维时按行挑选，(R, C)[mask (R,)] → (被选行数, C)。
    - 但出现在赋值左边时（x[mask] = 0、x[idx] += 1）是原地写入。
      小心 x[idx] += 1 遇到重复下标只加一次；要累加用 index_add_ / scatter_add_（第 6 天）。
 3. 多维张量按行优先（row-major）展平：(R, C) 矩阵里 (r, c) 的线性下标是 r·C + c，torch.take 按它取元素。

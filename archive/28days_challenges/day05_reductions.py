@@ -9,7 +9,9 @@
 3. 方差有两种：总体方差除以 n（correction=0），样本（无偏）方差除以 n − 1（correction=1）。
    torch.var / torch.std 默认 correction=1；BatchNorm / LayerNorm 归一化用的是除以 n 的版本。
 4. max(dim) 返回 (values, indices) 两个张量；amax 只返回值、可以多维；argmax 遇到并列取**第一个**。
-5. 整数求和会提升到 int64，不会溢出；mean 只接受浮点（整数张量要先 .float()）。
+5. 整数（bool、uint8、int8/16/32）求和会提升到 int64：100 个 int8 的 100 求和得 10000，不会在 int8 的
+   [−128, 127] 里回绕；但 int64 本身满了（> 2⁶³ − 1 ≈ 9.2e18）照样回绕，不报错。
+   mean 只接受浮点（整数张量要先 .float()，或传 dtype=torch.float32）。
 6. 屏蔽一部分元素求平均：sum(x·mask) / sum(mask)，或把被屏蔽的设成 nan 再 torch.nanmean。
 
 练习：ex1–ex8；ex3、ex4 是谜题（ex3 只许 arange/where/@；ex4 允许 max/min/arange/where）。运行：
@@ -131,7 +133,10 @@ def demo() -> None:
     print(f"忘了 keepdim（方阵不报错！）每行和 = {[round(v, 3) for v in (x / x.sum(-1)).sum(-1).tolist()]}")
     v = torch.tensor([1.0, 2.0, 3.0, 4.0])
     print(f"var 默认无偏 {v.var().item():.4f}，correction=0 时 {v.var(correction=0).item():.4f}")
-    print(f"int8 求和自动提升：{torch.full((100,), 100, dtype=torch.int8).sum().dtype}")
+    hundreds = torch.full((100,), 100, dtype=torch.int8)
+    total, wrapped = hundreds.sum(), hundreds.sum(dtype=torch.int8)
+    print(f"int8 求和自动提升：100 个 100 之和 = {total.item()}（{total.dtype}）；"
+          f"强制 sum(dtype=torch.int8) 则回绕成 {wrapped.item()}（= 10000 mod 256）")
 
 
 # =============================================================================
