@@ -2,7 +2,8 @@
 
 1. torch.cat(ts, dim)：沿**已有**的维拼接，其它维必须相等；torch.stack(ts, dim)：先给每个张量
    插入一个新维再拼，所以输入形状必须完全相同。stack(ts, d) ≡ cat([t.unsqueeze(d) for t in ts], d)。
-   两者都会复制数据；循环里反复 cat 是 O(n²)，应该先收集到 list 里最后 cat 一次。
+   两者都会复制数据，而且每次都分配一块新内存（cat 从不"原地追加"）：循环里每步 acc = cat([acc, row])
+   第 i 步要复制 i 行，n 步共 n(n+1)/2 行——O(n²)（n = 1000 时 500500 行）；先收集到 list 里最后 cat 一次只复制 n 行。
 2. split(x, size)：每块 size 个，最后一块可能更小；split(x, [s1, s2, ...])：按给定大小切，和必须等于该维长度。
    chunk(x, n)：切成"最多" n 块，每块 ceil(L / n)——**可能少于 n 块**（L=6, n=4 → 2,2,2 只有 3 块）！
    tensor_split(x, n)：恰好 n 块，前 L mod n 块各多 1 个（L=6, n=4 → 2,2,1,1），行为与 numpy.array_split 相同。
@@ -148,6 +149,17 @@ PUZZLE_ALLOWED = {
 }
 
 
+def rows_copied_by_repeated_cat(n: int) -> int:
+    """循环里反复 acc = torch.cat([acc, row])，n 步一共往新分配的内存里写了多少行（每步的结果都是新张量）。"""
+    acc, copied = torch.empty(0, 1), 0
+    for _ in range(n):
+        old_ptr = acc.data_ptr()
+        acc = torch.cat([acc, torch.ones(1, 1)])
+        assert acc.data_ptr() != old_ptr  # 新存储：旧的 acc 整个被复制了一遍
+        copied += acc.shape[0]
+    return copied
+
+
 def demo() -> None:
     x = torch.arange(6)
     print(f"chunk(6, 4) → {[t.tolist() for t in x.chunk(4)]}（只有 3 块！）")
@@ -156,6 +168,9 @@ def demo() -> None:
     print(f"cat 形状 {tuple(torch.cat([a, b]).shape)}，stack 形状 {tuple(torch.stack([a, b]).shape)}")
     parts = x.split(2)
     print(f"split 返回视图：与 x 共享存储 = {parts[1].untyped_storage().data_ptr() == x.untyped_storage().data_ptr()}")
+    n = 1000
+    print(f"循环里反复 cat {n} 行：共复制 {rows_copied_by_repeated_cat(n)} 行 = n(n+1)/2（O(n²)）；"
+          f"先收集进 list 最后 cat 一次：{torch.cat([torch.ones(1, 1)] * n).shape[0]} 行")
 
 
 # =============================================================================
