@@ -24,10 +24,12 @@
 3. torch.autograd.gradcheck(fn, inputs) 用**有限差分**检查你的 backward：
    对每个输入元素做 (f(x + ε) − f(x − ε)) / 2ε（默认 ε = 1e-6），与解析梯度比较（默认 atol=1e-5、rtol=1e-3）。
    必须用 float64 输入：f 的每次计算都带 ~ε_mach·|f| 的舍入误差，除以 2ε 后被放大成
-   ~ε_mach·|f| / ε。float32 的 ε_mach（单位舍入）= 2⁻²⁴ ≈ 6e-8，于是误差 ≈ 6e-8 / 1e-6 ≈ 6e-2·|f|
+   ~ε_mach·|f| / ε。float32 的 ε_mach（这里指单位舍入）= 2⁻²⁴ ≈ 6e-8（torch.finfo(float32).eps = 2⁻²³ ≈ 1.19e-7
+   是它的两倍，即 1 与下一个 float32 的间距），于是误差 ≈ 6e-8 / 1e-6 ≈ 6e-2·|f|
    （再加上 x ± ε 本身在 float32 里也舍入：1 附近的间距是 1.2e-7，ε 只剩一两位有效数字）——
-   实测 sigmoid 在 ε=1e-6 时误差中位数约 1e-2、最大约 6e-2，比容差大三个数量级，根本分辨不出对错；
-   float64 的 ε_mach ≈ 1.1e-16，同样的算式给出 ~1e-10。输入 requires_grad=True，规模要小（代价 O(元素数)）。
+   实测 sigmoid 在 ε=1e-6 时（1000 个标准正态点）误差中位数约 1e-2、最大约 7e-2，比容差大三个数量级，
+   根本分辨不出对错；float64 的 ε_mach = 2⁻⁵³ ≈ 1.1e-16，同样的算式给出 ~1e-10（实测中位数 ~2e-11、最大 ~1e-10）。
+   输入 requires_grad=True，规模要小：每个输入元素要做 2 次前向，代价是 O(元素数) 次前向。
 4. 数值稳定：softmax / logsumexp 的前向要先减去最大值；反向用前向存下的结果，不要重算 exp。
 
 练习：ex1–ex7，每题是一个 autograd.Function（写好 forward 与 backward），加一个调用它的函数。

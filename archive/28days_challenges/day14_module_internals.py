@@ -11,7 +11,8 @@ nn.Module 的"魔法"全在 __setattr__ 里：给 self 赋值时按类型分到�
    parameters() 对共享的参数去重。
 2. state_dict() 的顺序：先自己的参数，再自己的**持久** buffer（register_buffer(..., persistent=False) 的不保存），
    再按注册顺序递归每个子模块。值是 detach 过的张量（与模型共享存储）。
-   load_state_dict(sd, strict=True) 按名字逐个 copy_ 进去，名字多了或少了都报错（strict=False 时返回缺失/多余的键）。
+   load_state_dict(sd, strict=True) 按名字逐个 copy_ 进去，名字多了或少了都报错；strict=False 时不报错，
+   缺失/多余的键在返回值的 missing_keys / unexpected_keys 里（形状不符时两种模式都报错）。
 3. model.to(dtype) 只转换**浮点**参数和 buffer：BatchNorm 的 num_batches_tracked（int64）保持不变。
 4. requires_grad_(False) 冻结参数（微调时冻结主干）；按名字前缀冻结时注意 "1" 是 "10." 的前缀——
    要比较 "1." 而不是 "1"。
