@@ -72,15 +72,39 @@ class SGD(torch.optim.Optimizer):
         return loss
 
 
+def quadratic_curvatures(kappa: float = 100.0) -> torch.Tensor:
+    """演示用二次函数的 10 个曲率 h_i：从 1/κ 到 1 等比分布（最大曲率 L = 1，条件数 κ）。"""
+    return torch.logspace(-torch.log10(torch.tensor(kappa)).item(), 0, 10)
+
+
 def quadratic_distance(make_opt, steps: int, kappa: float = 100.0) -> float:
-    """在 f(x) = ½ Σ h_i x_i²（h 从 1/κ 到 1）上跑 steps 步，返回到最优点 0 的距离。"""
-    h = torch.logspace(-torch.log10(torch.tensor(kappa)).item(), 0, 10)
+    """在 f(x) = ½ Σ h_i x_i²（h 从 1/κ 到 1）上从 x = (1, …, 1) 跑 steps 步，返回到最优点 0 的距离。"""
+    h = quadratic_curvatures(kappa)
     x = torch.nn.Parameter(torch.ones(10))
     opt = make_opt(x)
     for _ in range(steps):
         x.grad = h * x.detach()
         opt.step()
     return x.detach().norm().item()
+
+
+def contraction_rate(lr: float, momentum: float = 0.0, nesterov: bool = False, kappa: float = 100.0) -> float:
+    """二次函数上每步的渐近收缩率：各曲率方向上迭代矩阵谱半径的最大值（距离大致按 ρ^n 衰减）。
+
+    沿曲率 h 的方向，g = h·x，状态 (x, b) 每步乘一个 2×2 矩阵（b_0 = 0 时第一步 b_1 = g_1 也符合这个递推）：
+        heavy ball：b' = μb + h·x，x' = x − lr·b'             → [[1 − lr·h, −lr·μ], [h, μ]]
+        Nesterov：  d = h·x + μ·b' = (1+μ)h·x + μ²b，x' = x − lr·d → [[1 − lr(1+μ)h, −lr·μ²], [h, μ]]
+    μ = 0 时就是 GD 的 |1 − lr·h|，最慢的方向 h = 1/κ 给出 1 − 1/κ；heavy ball 的特征根为复数（欠阻尼）时模长恰好是 √μ，
+    与 κ 无关——这就是动量在病态问题上快得多的原因。
+    """
+    rho = 0.0
+    for h in quadratic_curvatures(kappa).double().tolist():
+        if nesterov:
+            m = torch.tensor([[1 - lr * (1 + momentum) * h, -lr * momentum**2], [h, momentum]], dtype=torch.float64)
+        else:
+            m = torch.tensor([[1 - lr * h, -lr * momentum], [h, momentum]], dtype=torch.float64)
+        rho = max(rho, torch.linalg.eigvals(m).abs().max().item())
+    return rho
 
 
 def main() -> None:
@@ -94,16 +118,24 @@ def main() -> None:
     for cfg in configs:
         diff = run_side_by_side(lambda m: SGD(m.parameters(), lr=0.05, weight_decay=1e-2, **cfg),
                                 lambda m: torch.optim.SGD(m.parameters(), lr=0.05, weight_decay=1e-2, **cfg), steps)
-        print(f"  {cfg}: 参数最大差 {diff:.2e}")
+        print(f"  {cfg}: 参数最大差 {diff:.2e}（容差 1e-6；运算次序与 torch 相同，实际应逐位相同 = 0）")
         assert diff < 1e-6
 
     n = 50 if is_smoke() else 150
-    print(f"== 病态二次函数（κ=100），{n} 步后到最优点的距离 ==")
+    start = torch.ones(10).norm().item()
+    print(f"== 病态二次函数（κ=100），{n} 步后到最优点的距离（起点 {start:.3f}，原地不动的基线就是它）==")
     # lr = 1/L（L = 最大曲率 = 1）；κ=100 时 heavy ball 的最优动量是 ((√κ−1)/(√κ+1))² ≈ 0.67，这里用常见的 0.9
-    for name, make in (("SGD          ", lambda x: SGD([x], lr=1.0)),
-                       ("momentum 0.9 ", lambda x: SGD([x], lr=1.0, momentum=0.9)),
-                       ("Nesterov 0.9 ", lambda x: SGD([x], lr=1.0, momentum=0.9, nesterov=True))):
-        print(f"  {name}: {quadratic_distance(make, n):.3e}")
+    # 右边的 ρ 是 contraction_rate 算出的每步收缩率；起点 × ρ^n 是距离的渐近量级（与实测差一个常数因子：
+    # GD 里只有最慢的那 1 个坐标按 ρ 衰减，所以实测比它小约 √10 倍）
+    for name, make, kw in (("SGD          ", lambda x: SGD([x], lr=1.0), {}),
+                           ("momentum 0.9 ", lambda x: SGD([x], lr=1.0, momentum=0.9), dict(momentum=0.9)),
+                           ("Nesterov 0.9 ", lambda x: SGD([x], lr=1.0, momentum=0.9, nesterov=True),
+                            dict(momentum=0.9, nesterov=True))):
+        rho = contraction_rate(1.0, **kw)
+        print(f"  {name}: {quadratic_distance(make, n):.3e}（理论：每步收缩 ρ = {rho:.4f}，"
+              f"同量级的预期 起点 × ρ^{n} = {start * rho**n:.1e}）")
+    print("  读法：GD 受最慢方向 1 − 1/κ = 0.99 拖累；heavy ball 欠阻尼时 ρ = √μ ≈ 0.949，与 κ 无关。"
+          "默认 150 步实测 2.4e-01 / 8.7e-04 / 1.9e-04（SMOKE 50 步：7.9e-01 / 1.6e-01 / 6.4e-02）")
 
     params = [torch.nn.Parameter(torch.randn(256, 256)) for _ in range(8)]
     for p in params:
