@@ -20,7 +20,11 @@ softmax / log-softmax 作为原语实现（比拼装更稳定，反向公式也�
 数据：sklearn 自带的 load_digits（8×8 手写数字，1797 张，离线），以及一个从零写的 IDX 解析器，
 在 data/mnist/ 下放好 MNIST 原始文件时可训练真正的 MNIST（--dataset mnist）。
 
-    python "archive/Introductory learning/02_MLP/02_tensor_autograd.py"                  # digits，≥95% 测试准确率
+多少算好（digits 测试准确率）：瞎猜 10%；永远猜训练集里最多的那一类，测试集上 7.8%；同一份像素上的线性分类器
+（多项逻辑回归，本脚本现场拟合）96.7%；这个 64→128→128→10 的 MLP 默认配置（30 个 epoch）97.8%，
+换初始化/打乱的种子 97.8–98.6%（换测试集的切分则约 96–98%）。MNIST 的数字本仓库没有测过（没有离线数据）。
+
+    python "archive/Introductory learning/02_MLP/02_tensor_autograd.py"                  # digits，测试准确率约 98%
     python "archive/Introductory learning/02_MLP/02_tensor_autograd.py" --dataset mnist  # 需要 data/mnist/*-ubyte(.gz)
 
 图：checkpoints/figures/tensor_autograd_digits.png（我们的引擎与 PyTorch 的训练损失曲线重合）。
@@ -44,11 +48,13 @@ import torch
 from sklearn.datasets import load_digits
 from threadpoolctl import threadpool_limits
 
-from utils.io import data_dir, is_smoke, output_path
+from utils.io import data_dir, is_smoke, save_figure
 from utils.lesson_cli import lesson_args, timing_note
 from utils.torch_playground import setup_seed, time_block
 
 SMOKE = is_smoke()
+# digits 默认配置（30 个 epoch、hidden 128、lr 0.05）的测试准确率：实测 97.8%，换 5 个初始化/打乱种子 97.8–98.6%
+REFERENCE_DIGITS_ACC = (0.97, 0.99)
 
 
 # =============================================================================
@@ -486,6 +492,38 @@ def accuracy(model: MLP, X: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(model(Tensor(X)).data.argmax(axis=1) == y))
 
 
+def baselines(Xtr: np.ndarray, ytr: np.ndarray, Xte: np.ndarray, yte: np.ndarray, n_classes: int = 10,
+              max_train: int = 10_000) -> dict[str, float]:
+    """测试准确率的三把尺子（同一份数据现算）：
+
+    - chance：均匀瞎猜，1/类别数；
+    - majority：永远输出训练集里最常见的类别，在测试集上的准确率（类别均衡时略低于或高于 1/类别数）；
+    - linear：同样的像素上拟合多项逻辑回归（即去掉隐藏层的 MLP）。MLP 要比它好，才说明隐藏层学到了东西。
+      MNIST 时只取前 max_train 张训练图，几秒钟拟合完。
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    majority = np.bincount(ytr, minlength=n_classes).argmax()
+    clf = LogisticRegression(max_iter=2000).fit(Xtr[:max_train], ytr[:max_train])
+    return {"chance": 1.0 / n_classes, "majority": float(np.mean(yte == majority)), "linear": float(clf.score(Xte, yte))}
+
+
+def plot_losses(losses: list[float], losses_ref: list[float], dataset: str, acc: float) -> plt.Figure:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    # losses[i] 是第 i 次更新之前、在第 i 个小批次上算的 loss（losses[0] 是训练前的值），所以横轴从 0 开始
+    steps = np.arange(len(losses))
+    ax.plot(steps, losses, lw=1, label="our numpy autograd")
+    ax.plot(steps, losses_ref, "--", lw=1, label="PyTorch")
+    ax.axhline(math.log(10), color="tab:gray", ls=":", lw=1, label="chance: ln 10")
+    ax.set(title=f"MLP on {dataset}: test acc {acc:.1%}", xlabel="step (mini-batch updates done)",
+           ylabel="cross-entropy on the mini-batch (nats)", yscale="log")
+    ax.legend(loc="lower left")
+    fig.tight_layout()
+    path = save_figure(fig, f"tensor_autograd_{dataset}.png", dpi=110)
+    print(f"图已保存：{path}")
+    return fig
+
+
 # =============================================================================
 # 4. 数据：load_digits 与从零写的 MNIST IDX 解析器
 # =============================================================================
@@ -592,7 +630,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict:
     args = lesson_args(__doc__, build_parser(), argv)
     setup_seed()
-    # 这里的矩阵都很小（几十 × 几十）：多线程的同步开销远大于计算本身，机器忙时甚至慢上百倍，所以只用 1 个线程
+    # 这里的矩阵都很小（一个批次 32 × 64 乘 64 × 128）：多线程的同步开销比计算本身还大，机器忙时更明显，所以只用 1 个线程
     torch.set_num_threads(1)
     threadpool_limits(1)  # numpy 的 OpenBLAS 同理（threadpoolctl 随 scikit-learn 安装）
     print("== numpy 张量自动微分引擎 ==")
@@ -622,20 +660,14 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{len(losses)} 步：我们的引擎 {t_ours.ms / 1000:.2f} s，PyTorch {t_ref.ms / 1000:.2f} s；"
           f"逐步 loss 的最大差 {diff:.2e}")
     print(timing_note())
-    print(f"测试准确率：我们的引擎 {acc:.2%}，PyTorch {acc_ref:.2%}（digits 全量训练的目标 ≥ 95%）")
+    base = baselines(Xtr, ytr, Xte, yte)
+    reference = (f"digits 默认配置约 {REFERENCE_DIGITS_ACC[0]:.0%}–{REFERENCE_DIGITS_ACC[1]:.0%}" if args.dataset == "digits"
+                 else "MNIST 的范围本仓库没有测过")
+    print(f"测试准确率：我们的引擎 {acc:.2%}，PyTorch {acc_ref:.2%}（瞎猜 {base['chance']:.0%}，多数类 {base['majority']:.1%}，"
+          f"线性分类器 {base['linear']:.1%}；{reference}）")
     assert diff < 1e-8, "我们的引擎与 PyTorch 的训练轨迹不一致"
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(losses, lw=1, label="our numpy autograd")
-    ax.plot(losses_ref, "--", lw=1, label="PyTorch")
-    ax.set(title=f"MLP on {args.dataset}: test acc {acc:.1%}", xlabel="step", ylabel="cross-entropy", yscale="log")
-    ax.legend()
-    fig.tight_layout()
-    path = output_path("figures", f"tensor_autograd_{args.dataset}.png")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    print(f"图已保存：{path}")
-    return {"test_acc": acc, "test_acc_torch": acc_ref, "max_loss_diff": diff}
+    plot_losses(losses, losses_ref, args.dataset, acc)
+    return {"test_acc": acc, "test_acc_torch": acc_ref, "max_loss_diff": diff, "baselines": base}
 
 
 if __name__ == "__main__":
