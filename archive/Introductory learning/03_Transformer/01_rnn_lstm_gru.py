@@ -22,13 +22,18 @@ BPTT（沿时间的反向传播）：把循环按时间展开，就是一张共�
 T − t 个雅可比矩阵连乘：它们的谱范数普遍 < 1 时梯度按几何级数消失，> 1 时爆炸。
 LSTM 的细胞状态 ∂c_k/∂c_{k−1} = diag(f_k)，是逐元素的门控而不是反复乘同一个矩阵——
 遗忘门接近 1 时梯度几乎原样流回去，这就是 LSTM 能记住长距离依赖的原因（GRU 的 z 同理）。
-但默认初始化下 f ≈ σ(0) = 0.5，0.5^T 照样消失；所以常把遗忘门偏置初始化成正数（Jozefowicz et al. 2015），
-让网络"默认记住"，需要时再学会遗忘——图里 lstm(forget bias=3) 那条线就是这个技巧的效果。
+但默认初始化下 f = σ(一个 0 附近的小数) ≈ 0.35–0.65，连乘 T 次照样消失；所以常把遗忘门偏置初始化成正数
+（Jozefowicz et al. 2015），让网络"默认记住"，需要时再学会遗忘——图里 lstm(forget bias=3) 那条线就是这个技巧的效果。
+实测（T=50，H=32，默认种子）‖∂L/∂x_1‖ / ‖∂L/∂x_T‖：RNN 1.5e−16（平均每步 ×0.48），GRU 8e−11，LSTM 5e−10（每步 ×0.65），
+遗忘门偏置 3 的 LSTM 0.29（每步 ×0.975）。每步的倍数比平均遗忘门 σ(0) = 0.5、σ(3) = 0.953 都大
+（0.5^49 ≈ 2e−15，0.953^49 ≈ 0.09）：∂L/∂x_t 不只走细胞状态这一条路（还有经过 h 与各个门的路径），
+遗忘门也因单元而异（实测 5%–95% 分位 0.36–0.64），所以 f^(T−1) 只是量级上的估计。
 梯度消失靠结构（门控）解决；梯度爆炸靠"梯度裁剪"兜底：总范数超过阈值就整体缩放，方向不变。
 
     python "archive/Introductory learning/03_Transformer/01_rnn_lstm_gru.py"
 
-图：checkpoints/figures/rnn_gradient_flow.png（∂L/∂x_t 的范数随 t 的变化：RNN 消失最快，遗忘门偏置为正的 LSTM 几乎不衰减）。
+图：checkpoints/figures/rnn_gradient_flow.png（∂L/∂x_t 的范数随 t 的变化：RNN 消失最快，遗忘门偏置为 3 的 LSTM
+往回 49 步只衰减到约 0.3 倍）。
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ import matplotlib.pyplot as plt
 import torch
 import torch.nn as nn
 
-from utils.io import is_smoke, output_path
+from utils.io import is_smoke, save_figure
 from utils.lesson_cli import lesson_args
 from utils.torch_playground import setup_seed, time_block
 
@@ -263,6 +268,26 @@ def gradient_flow(mode: str, T: int, H: int = 32, forget_bias: float | None = No
     return x.grad.norm(dim=(1, 2))  # (T,)
 
 
+def per_step_factor(grad_norms: torch.Tensor) -> float:
+    """(‖∂L/∂x_1‖ / ‖∂L/∂x_T‖)^(1/(T−1))：梯度每往回穿过一步平均乘上的倍数（< 1 消失，> 1 爆炸）。"""
+    if grad_norms.numel() < 2:
+        raise ValueError("至少要 2 个时间步才谈得上每步的倍数")
+    return (grad_norms[0] / grad_norms[-1]).item() ** (1.0 / (grad_norms.numel() - 1))
+
+
+def plot_gradient_flow(flows: dict[str, torch.Tensor]):
+    """每种单元的 ‖∂L/∂x_t‖ 随 t 的变化（对数纵轴），返回 Figure。t 从 1 开始，与公式里的 x_1..x_T 一致。"""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for mode, g in flows.items():
+        ax.semilogy(range(1, g.numel() + 1), g.numpy(), label=mode)
+    ax.set_xlabel("time step t (input x_t; L is computed at t = T)")
+    ax.set_ylabel("||dL/dx_t||  (L = sum of h_T)")
+    ax.set_title("Gradient flow through time (BPTT)")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
 def main() -> None:
     setup_seed()
     print("== 1. 从零实现 vs nn.RNN / nn.LSTM / nn.GRU（相同权重，fp32）==")
@@ -281,19 +306,11 @@ def main() -> None:
     setup_seed()
     flows = {mode: gradient_flow(mode, SEQ_LEN) for mode in ("rnn_tanh", "gru", "lstm")}
     flows["lstm (forget bias=3)"] = gradient_flow("lstm", SEQ_LEN, forget_bias=3.0)
+    print(f"  {'':20s} ‖∂L/∂x_1‖ / ‖∂L/∂x_T‖   平均每步的倍数（对照：遗忘门 σ(0) = 0.5，σ(3) = {torch.sigmoid(torch.tensor(3.0)):.3f}）")
     for mode, g in flows.items():
-        print(f"  {mode:20s} ‖∂L/∂x_1‖ / ‖∂L/∂x_T‖ = {g[0].item() / g[-1].item():.2e}")
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for mode, g in flows.items():
-        ax.semilogy(range(1, SEQ_LEN + 1), g.numpy(), label=mode)
-    ax.set_xlabel("time step t")
-    ax.set_ylabel("||dL/dx_t||  (L = sum of h_T)")
-    ax.set_title("Gradient flow through time (BPTT)")
-    ax.legend()
-    fig.tight_layout()
-    path = output_path("figures", "rnn_gradient_flow.png")
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+        ratio = g[0].item() / g[-1].item()
+        print(f"  {mode:20s} {ratio:20.2e}   {per_step_factor(g):.3f}")
+    path = save_figure(plot_gradient_flow(flows), "rnn_gradient_flow.png", dpi=120)
     print(f"  图已保存：{path}")
 
     print("\n== 3. 梯度爆炸与裁剪 ==")

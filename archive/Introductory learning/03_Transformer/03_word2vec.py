@@ -50,7 +50,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from utils.io import is_smoke, output_path
+from utils.io import is_smoke, save_figure
 from utils.lesson_cli import lesson_args
 from utils.torch_playground import setup_seed, time_block
 
@@ -343,9 +343,7 @@ def main() -> None:
     fig.tight_layout()
     fig.canvas.draw()  # 先定下布局，place_labels 量的屏幕坐标才是最终的
     place_labels(ax, points.numpy(), show)
-    path = output_path("figures", "word2vec_pca.png")
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    path = save_figure(fig, "word2vec_pca.png", dpi=120)
     print(f"  图已保存：{path}")
 
 

@@ -42,7 +42,7 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from utils.io import is_smoke, output_path
+from utils.io import is_smoke, save_figure
 from utils.lesson_cli import lesson_args
 from utils.torch_playground import setup_seed, time_block
 
@@ -223,16 +223,19 @@ class MultiHeadAttention(nn.Module):
 # =============================================================================
 # 4. 正弦位置编码
 # =============================================================================
-def sinusoidal_positional_encoding(T: int, d: int, base: float = 10000.0) -> torch.Tensor:
-    """(T, d)：PE[p, 2i] = sin(p ω_i)，PE[p, 2i+1] = cos(p ω_i)，ω_i = base^(−2i/d)。
+def sinusoidal_positional_encoding(T: int, d: int, base: float = 10000.0,
+                                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(T, d)：PE[p, 2i] = sin(p ω_i)，PE[p, 2i+1] = cos(p ω_i)，ω_i = base^(−2i/d)，i = 0..d/2−1。
 
-    频率从 1（每 2π 个位置转一圈）几何递减到 1/base：低维像秒针、高维像时针，组合起来给每个位置一个独特的"时间戳"。
+    频率从 ω_0 = 1（每 2π ≈ 6.3 个位置转一圈）几何递减到 ω_{d/2−1} = base^(−(d−2)/d)（d = 64 时 1/7499，
+    d 越大越接近 1/base）：低维像秒针、高维像时针，组合起来给每个位置一个独特的"时间戳"。
+    dtype=float32 时角度 p·ω 带着约 p·2^−24 的舍入误差（p 越大越不准），检查恒等式时用 float64。
     """
     if d % 2 != 0:
         raise ValueError(f"d={d} 必须是偶数：sin 与 cos 成对出现")
-    pos = torch.arange(T, dtype=torch.float32)[:, None]  # (T, 1)
-    omega = base ** (-torch.arange(0, d, 2, dtype=torch.float32) / d)  # (d/2,)
-    pe = torch.empty(T, d)
+    pos = torch.arange(T, dtype=dtype)[:, None]  # (T, 1)
+    omega = base ** (-torch.arange(0, d, 2, dtype=dtype) / d)  # (d/2,)
+    pe = torch.empty(T, d, dtype=dtype)
     pe[:, 0::2] = torch.sin(pos * omega)
     pe[:, 1::2] = torch.cos(pos * omega)
     return pe
@@ -297,9 +300,11 @@ def main() -> None:
         assert err < 1e-5
 
     print("\n== 3. 为什么除以 √d：q, k ~ N(0, I) 时 ==")
-    print("     d   Var(q·k)  max softmax 权重(不缩放)  (缩放后)")
+    n_keys = 32
+    print(f"  理论 Var(q·k) = d；{n_keys} 个键上的最大 softmax 权重：均匀分布 1/{n_keys} = {1 / n_keys:.3f}，one-hot = 1")
+    print("     d   Var(q·k)  max softmax 权重(不缩放)  (缩放后，与 d 无关)")
     for dim in (16, 64, 256, 1024):
-        q, k = torch.randn(512, dim), torch.randn(512, 32, dim)
+        q, k = torch.randn(512, dim), torch.randn(512, n_keys, dim)
         scores = torch.einsum("nd,ntd->nt", q, k)
         print(f"  {dim:5d}  {scores.var().item():8.1f}  {scores.softmax(-1).max(-1).values.mean().item():22.3f}"
               f"  {(scores / math.sqrt(dim)).softmax(-1).max(-1).values.mean().item():8.3f}")
@@ -315,30 +320,48 @@ def main() -> None:
     print("\n== 5. 正弦位置编码 ==")
     with time_block("pe", verbose=False) as t:
         T_pe, d_pe = (64, 32) if SMOKE else (128, 64)
-        pe = sinusoidal_positional_encoding(T_pe, d_pe).double()
-        # 行向量写法：PE[p+k]ᵀ = PE[p]ᵀ R_kᵀ，对所有 p 一次算完
-        rot_err = max((pe[: T_pe - k] @ relative_rotation(k, d_pe).T - pe[k:]).abs().max().item() for k in (1, 5, 17))
-        gram = pe @ pe.T  # (T, T)：PE[p]·PE[q]
-        toeplitz_err = max((gram.diagonal(k) - gram.diagonal(k)[0]).abs().max().item() for k in range(T_pe))
+        pe = sinusoidal_positional_encoding(T_pe, d_pe, dtype=torch.float64)
+        rot_err, toeplitz_err = pe_identity_errors(pe)
+        pe32_err = (sinusoidal_positional_encoding(T_pe, d_pe).double() - pe).abs().max().item()
     print(f"  PE[p+k] = R_k PE[p]（R_k 与 p 无关）最大误差 {rot_err:.1e}；"
-          f"PE[p]·PE[q] 只依赖 p−q，最大偏差 {toeplitz_err:.1e}（{t.ms:.0f} ms）")
-    assert rot_err < 1e-5 and toeplitz_err < 1e-5
+          f"PE[p]·PE[q] 只依赖 p−q，最大偏差 {toeplitz_err:.1e}（float64，{t.ms:.0f} ms）")
+    print(f"  float32 算的 PE 与 float64 最大差 {pe32_err:.1e}：角度 p·ω 在 float32 里的舍入误差约 p·2^−24，"
+          f"p 最大 {T_pe - 1} 时 {(T_pe - 1) * 2.0**-24:.1e}——所以上面的恒等式要用 float64 检查")
+    assert rot_err < 1e-10 and toeplitz_err < 1e-10
+    assert pe32_err <= 2 * T_pe * 2.0**-24  # 角度两次舍入（ω 与 p·ω）各 ≤ 2^−24 相对误差，再加 sin/cos 自身的舍入
+    path = save_figure(plot_positional_encoding(pe), "sinusoidal_positional_encoding.png", dpi=120)
+    print(f"  图已保存：{path}")
+
+
+def pe_identity_errors(pe: torch.Tensor, shifts=(1, 5, 17)) -> tuple[float, float]:
+    """两条恒等式在 pe (T, d) 上的最大误差：PE[p+k] = R_k PE[p]（对 shifts 里的 k），PE[p]·PE[q] 只依赖 p−q。"""
+    T, d = pe.shape
+    # 行向量写法：PE[p+k]ᵀ = PE[p]ᵀ R_kᵀ，对所有 p 一次算完
+    rot_err = max((pe[: T - k] @ relative_rotation(k, d).to(pe.dtype).T - pe[k:]).abs().max().item()
+                  for k in shifts if k < T)
+    gram = pe @ pe.T  # (T, T)：PE[p]·PE[q]
+    toeplitz_err = max((gram.diagonal(k) - gram.diagonal(k)[0]).abs().max().item() for k in range(T))
+    return rot_err, toeplitz_err
+
+
+def plot_positional_encoding(pe: torch.Tensor):
+    """左：PE 矩阵（横轴位置、纵轴维度）；右：PE[T/2] 与每个位置的点积，关于 q = T/2 对称。返回 Figure。"""
+    T = pe.size(0)
+    gram = pe @ pe.T
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     im = ax1.imshow(pe.T.numpy(), aspect="auto", cmap="RdBu", origin="lower")
-    ax1.set_xlabel("position p")
-    ax1.set_ylabel("dimension")
+    ax1.set_xlabel("position p (0-based)")
+    ax1.set_ylabel("dimension index (even = sin, odd = cos)")
     ax1.set_title("Sinusoidal positional encoding")
-    fig.colorbar(im, ax=ax1)
-    ax2.plot(gram[T_pe // 2].numpy())
-    ax2.axvline(T_pe // 2, ls="--", c="gray")
-    ax2.set_xlabel("position q")
-    ax2.set_ylabel(f"PE[{T_pe // 2}] . PE[q]")
+    fig.colorbar(im, ax=ax1, label="PE value")
+    ax2.plot(range(T), gram[T // 2].numpy())
+    ax2.axvline(T // 2, ls="--", c="gray", label=f"q = p = {T // 2}")
+    ax2.set_xlabel("position q (0-based)")
+    ax2.set_ylabel(f"PE[{T // 2}] . PE[q]")
     ax2.set_title("Dot product depends only on distance")
+    ax2.legend(loc="upper right")  # 右上角空着：离 q = p 远的点积明显低于峰值 d/2
     fig.tight_layout()
-    path = output_path("figures", "sinusoidal_positional_encoding.png")
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    print(f"  图已保存：{path}")
+    return fig
 
 
 if __name__ == "__main__":
