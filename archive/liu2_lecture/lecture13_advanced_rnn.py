@@ -22,6 +22,12 @@ z ≈ 1 时 h' ≈ h，梯度沿这条"直通"路径几乎无损地传回去—�
 
     python archive/liu2_lecture/lecture13_advanced_rnn.py
 
+多少算好（name_baselines 在这份数据上现算）：测试准确率对照瞎猜 1/C、全猜训练集最多的国家，以及两个不看字母顺序的
+线性模型——名字里各字母出现次数上的逻辑回归（"字母袋"），和再加上相邻两个字母（bigram）计数的逻辑回归。
+GRU 要超过字母袋才说明顺序有用；离线的合成数据由固定的音节拼成，相邻两个字母几乎就暴露了语言，bigram 逻辑回归
+（0.991）反而比 8 个 epoch 的 GRU（约 0.97–0.98）还好——先试简单的基线，是这一讲之外也该记住的习惯。
+默认配置的实测范围见 EXPECTED_TEST_ACC。
+
 图：checkpoints/figures/liu2_lecture13_advanced_rnn.png（训练损失、测试准确率、混淆矩阵）。
 """
 
@@ -41,9 +47,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from matplotlib.ticker import MaxNLocator
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from utils.io import data_dir, is_smoke, output_path
+from utils.io import data_dir, is_smoke, save_figure
 from utils.lesson_cli import lesson_args
 from utils.torch_playground import setup_seed
 
@@ -51,10 +58,15 @@ SMOKE = is_smoke()
 N_CHARS = 128  # ASCII
 HIDDEN_SIZE = 64
 N_LAYERS = 1
-EPOCHS = 2 if SMOKE else 8
+DEFAULT_EPOCHS = 8
+EPOCHS = 2 if SMOKE else DEFAULT_EPOCHS
 BATCH_SIZE = 64
 LR = 0.005
 NAMES_PER_LANGUAGE = 30 if SMOKE else 400
+OFFLINE_SOURCE = "generated syllable names (offline)"
+# 默认配置（离线生成的名字、8 epoch）的测试准确率：train 的种子 0–2 实测 0.969–0.976（种子 0 就是默认运行，0.976；
+# 550 个测试名字，一个 = 0.0018）
+EXPECTED_TEST_ACC = {OFFLINE_SOURCE: (0.97, 0.98)}
 
 # 每种语言：(音节表, 词尾表, 音节个数范围)。名字 = 若干音节 + 一个词尾，首字母大写。
 # 这些模式是手写的粗略特征（例如俄语 -ov/-in、波兰语 -ski/-czyk、希腊语 -opoulos/-akis），
@@ -135,7 +147,7 @@ def load_data(seed: int = 0) -> tuple[list[tuple[str, str]], list[tuple[str, str
         rows = generate_names(seed=seed)
         idx = np.random.default_rng(seed).permutation(len(rows))
         n_test = len(rows) // 5
-        return [rows[i] for i in idx[n_test:]], [rows[i] for i in idx[:n_test]], "generated syllable names (offline)"
+        return [rows[i] for i in idx[n_test:]], [rows[i] for i in idx[:n_test]], OFFLINE_SOURCE
 
 
 def name_to_codes(name: str) -> list[int]:
@@ -234,21 +246,64 @@ def train(train_rows, test_rows, epochs: int = EPOCHS, seed: int = 0):
     return model, classes, history
 
 
-def plot(history, confusion: np.ndarray, classes: list[str], source: str) -> None:
+def name_baselines(train_rows, test_rows) -> dict[str, float]:
+    """不看字母顺序的基线，训练集上拟合、测试集上评估：
+
+    chance：瞎猜 1/C；majority：永远猜训练集里最多的国家；uniform_ce：均匀猜的交叉熵 ln C（训练损失的起点）；
+    letters：每个名字各字母出现次数（"字母袋"，去重音、转小写）上的多项逻辑回归；
+    bigrams：字母袋再加相邻两个字母的计数，同样的逻辑回归。
+    """
+    from sklearn.feature_extraction.text import CountVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    classes = sorted({c for _, c in train_rows})
+    y_tr, y_te = [c for _, c in train_rows], [c for _, c in test_rows]
+    counts = {k: y_tr.count(k) for k in classes}
+    out = {"chance": 1 / len(classes), "majority": sum(c == max(counts, key=counts.get) for c in y_te) / len(y_te),
+           "uniform_ce": float(np.log(len(classes)))}
+    for key, ngrams in (("letters", (1, 1)), ("bigrams", (1, 2))):
+        vec = CountVectorizer(analyzer="char", ngram_range=ngrams, strip_accents="unicode", lowercase=True)
+        clf = LogisticRegression(max_iter=2000).fit(vec.fit_transform([n for n, _ in train_rows]), y_tr)
+        out[key] = float(clf.score(vec.transform([n for n, _ in test_rows]), y_te))
+    return out
+
+
+def report(acc: float, baselines: dict[str, float], source: str) -> str:
+    if source in EXPECTED_TEST_ACC:
+        lo, hi = EXPECTED_TEST_ACC[source]
+        expected = f"默认配置（离线数据、{DEFAULT_EPOCHS} epoch）约 {lo:.2f}–{hi:.2f}"
+    else:
+        expected = "真实 18 国数据上本脚本没有实测范围，脚本断言 > 0.7"
+    return (f"{EPOCHS} 个 epoch 后测试准确率 {acc:.3f}（瞎猜 {baselines['chance']:.3f}，多数类 {baselines['majority']:.3f}，"
+            f"字母袋逻辑回归 {baselines['letters']:.3f}，加相邻字母对 {baselines['bigrams']:.3f}；{expected}）")
+
+
+def make_figure(history, confusion: np.ndarray, classes: list[str], source: str, baselines: dict[str, float]):
     fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(15, 4.5))
-    ax1.plot([h[0] for h in history])
-    ax1.set(title="train cross-entropy", xlabel="epoch")
-    ax2.plot([h[1] for h in history], "o-")
-    ax2.set(title=f"test accuracy ({source})", xlabel="epoch")
+    epochs = range(1, len(history) + 1)  # history[i]：第 i + 1 个 epoch 的平均训练损失 / 之后的测试准确率，横轴从 1 开始
+    ax1.semilogy(epochs, [h[0] for h in history], "o-", label="BiGRU (mean over the epoch)")
+    ax1.axhline(baselines["uniform_ce"], color="tab:gray", ls="--", label=f"uniform: ln {len(classes)} = {baselines['uniform_ce']:.3f}")
+    ax1.set(title="train cross-entropy", xlabel="epoch", ylabel="cross-entropy (nats, log scale)")
+    ax1.legend(loc="center right")  # 基线在顶上、损失很快落到底部：右侧中部是空的
+    ax2.plot(epochs, [h[1] for h in history], "o-", label="BiGRU")
+    ax2.axhline(baselines["bigrams"], color="tab:green", ls="--", label=f"logistic reg. on letter+bigram counts {baselines['bigrams']:.3f}")
+    ax2.axhline(baselines["letters"], color="tab:gray", ls=":", label=f"logistic reg. on letter counts {baselines['letters']:.3f}")
+    ax2.set(title=f"test accuracy ({source})", xlabel="epoch", ylabel="test accuracy")
+    ax2.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), fontsize=8)  # 放在坐标轴下面：三条线的位置随数据变，图例不能压住任何一条
+    for ax in (ax1, ax2):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     norm = confusion / np.maximum(confusion.sum(1, keepdims=True), 1)
-    ax3.imshow(norm, cmap="Blues")
+    im = ax3.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(im, ax=ax3, label="fraction of the true class")
     ax3.set_xticks(range(len(classes)), classes, rotation=90, fontsize=7)
     ax3.set_yticks(range(len(classes)), classes, fontsize=7)
-    ax3.set(title="confusion (row = true)", xlabel="predicted")
+    ax3.set(title="confusion (row-normalized)", xlabel="predicted", ylabel="true")
     fig.tight_layout()
-    path = output_path("figures", "liu2_lecture13_advanced_rnn.png")
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig
+
+
+def plot(history, confusion: np.ndarray, classes: list[str], source: str, baselines: dict[str, float]) -> None:
+    path = save_figure(make_figure(history, confusion, classes, source, baselines), "liu2_lecture13_advanced_rnn.png", dpi=120)
     print(f"图已保存：{path}")
 
 
@@ -273,9 +328,10 @@ def main() -> None:
     assert err < 1e-5
 
     acc, confusion = evaluate(model, test_rows, classes)
-    majority = max(sum(c == k for _, c in test_rows) for k in classes) / len(test_rows)
+    baselines = name_baselines(train_rows, test_rows)
     print(f"数据 {source}：{len(classes)} 类，训练 {len(train_rows)} 个、测试 {len(test_rows)} 个名字；"
-          f"{EPOCHS} 个 epoch 后测试准确率 {acc:.3f}（全猜最多的类 {majority:.3f}）")
+          f"训练交叉熵 {history[0][0]:.3f} → {history[-1][0]:.3f}（均匀猜 ln {len(classes)} = {baselines['uniform_ce']:.3f}）")
+    print("  " + report(acc, baselines, source))
     print("几个真实姓氏的预测（离线数据是按音节模式合成的，真实名字不一定判对）：")
     with torch.no_grad():
         for name in ("Nakamura", "Petrov", "Rossini", "Kowalski", "Papadopoulos", "O'Brien"):
@@ -283,8 +339,8 @@ def main() -> None:
     # 学习结论：远好于全猜一类；离线数据上完整训练 > 0.85，真实 18 国数据上 > 0.7
     assert history[-1][0] < history[0][0]
     if not SMOKE:
-        assert acc > (0.85 if source.startswith("generated") else 0.7)
-    plot(history, confusion, classes, source)
+        assert acc > (0.85 if source == OFFLINE_SOURCE else 0.7)
+    plot(history, confusion, classes, source, baselines)
 
 
 if __name__ == "__main__":
