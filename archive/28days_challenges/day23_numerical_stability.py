@@ -6,10 +6,13 @@
        log Σ eˣⁱ = m + log Σ e^(xᵢ − m)
    取 m = max(x)，指数都 ≤ 0：不上溢；最大那一项是 e⁰ = 1，和 ≥ 1：log 不会遇到 0。
    边界：整行都是 −inf（注意力整行被 mask）时 m = −inf，x − m = −inf − (−inf) = nan——要把 m 换成 0。
-2. log_softmax(x) = x − logsumexp(x)；cross_entropy 内部就是它。先 softmax 再 log 会把 e⁻²⁰⁰ 下溢成 0，log 得 −inf。
+2. log_softmax(x) = x − logsumexp(x)；cross_entropy 内部就是它。先 softmax 再 log：float32 里 e⁻²⁰⁰ ≈ 1.4e-87
+   比最小次正规数 2⁻¹⁴⁹ ≈ 1.4e-45 还小，下溢成 0，log 得 −inf（float64 能撑到 e⁻⁷⁴⁵ 左右）。
 3. softplus(x) = log(1 + eˣ) = max(x, 0) + log1p(e^(−|x|))；log σ(x) = −softplus(−x)。
    log1p(y) 在 y 很小时比 log(1 + y) 准：1 + 1e-10 在 float32 里就是 1。
-4. 方差：E[x²] − E[x]² 在均值远大于标准差时灾难性相消（float32 下 1e4 + N(0,1) 的方差能算成负数）。
+4. 方差：E[x²] − E[x]² 在均值远大于标准差时灾难性相消：float32 下 1e4 + N(0,1) 的 E[x²] ≈ 1e8，
+   那里相邻两个 float32 相差 2^(26−23) = 8（1e8 在 2²⁶ 与 2²⁷ 之间），所以差值只能是 8 的整数倍——
+   真值 1 根本表示不出来，20 个种子实测从 −32 到 24，能算成负数。
    两遍算法：先求均值 μ，再求 mean((x − μ)²)；μ 本身有舍入误差 δ 时结果会多出 δ²，
    再减去 mean(x − μ)²（理论上是 0，实际正好是 δ²）就把它消掉（"修正的两遍算法"）。
 5. 在线 softmax（FlashAttention 的核心）：一块一块地读 x，维护目前为止的最大值 m 和 Σ e^(x − m)：
@@ -22,6 +25,8 @@
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -147,17 +152,27 @@ PUZZLE_ALLOWED = {
 }
 
 
+def float32_spacing(x: float) -> float:
+    """x 附近相邻两个 float32 的间距（ulp）：2^⌊log₂|x|⌋ · eps。"""
+    t = torch.tensor(abs(x), dtype=torch.float32)
+    return (torch.nextafter(t, torch.tensor(float("inf"))) - t).item()
+
+
 def demo() -> None:
     x = torch.tensor([1000.0, 999.0, -1000.0])
+    exact = 1000 + math.log1p(math.exp(-1) + math.exp(-2000))  # 手算：提出 e¹⁰⁰⁰
     print(f"朴素 log Σ eˣ（x = {x.tolist()}）= {torch.log(torch.exp(x).sum()).item()}，"
-          f"log-sum-exp 技巧 = {torch.logsumexp(x, 0).item():.6f}")
+          f"log-sum-exp 技巧 = {torch.logsumexp(x, 0).item():.6f}（真值 1000 + ln(1 + e⁻¹ + e⁻²⁰⁰⁰) = {exact:.6f}，"
+          f"差在 float32 于 1000 处的间距 {float32_spacing(1000.0):.1e} 之内）")
     n = 10_000 if is_smoke() else 1_000_000
     data = 1e4 + torch.randn(n)  # float32
     naive = (data * data).mean() - data.mean() ** 2
     d = data - data.mean()
     two_pass = (d * d).mean() - d.mean() ** 2
-    print(f"float32 方差（真值 ≈ 1）：E[x²] − E[x]² = {naive.item():.4f}，修正两遍 = {two_pass.item():.4f}，"
-          f"torch.var = {data.var(correction=0).item():.4f}")
+    reference = data.double().var(correction=0).item()  # 同一批数据在 float64 里算：当真值
+    print(f"float32 方差（{n} 个 1e4 + N(0,1)，float64 算出的真值 {reference:.4f}）：E[x²] − E[x]² = {naive.item():.4f}"
+          f"（只能是 {float32_spacing(1e8):.0f} 的整数倍：1e8 附近 float32 的间距），"
+          f"修正两遍 = {two_pass.item():.4f}，torch.var = {data.var(correction=0).item():.4f}")
     y = torch.tensor([-100.0])
     print(f"log σ(−100)：朴素 log(sigmoid) = {torch.log(torch.sigmoid(y)).item()}，F.logsigmoid = {F.logsigmoid(y).item()}")
 
