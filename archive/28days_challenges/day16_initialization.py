@@ -11,9 +11,15 @@
    均匀分布 U(−a, a) 的方差是 a²/3，所以 a = √3·σ。
 4. Kaiming（He）：只看一个方向（默认 fan_in），σ = gain / √fan。ReLU 网络用它。
 5. nn.Linear 的默认初始化是 kaiming_uniform_(a=√5)：gain = √(2/6)，bound = √3·gain/√fan_in = 1/√fan_in；
-   bias ~ U(−1/√fan_in, 1/√fan_in)。它比 Kaiming-ReLU 小 √6 倍——这是历史遗留（沿用 Lua Torch），
-   所以 GPT-2 / Llama 都自己重新初始化（std = 0.02，残差输出层再除以 √(2·n_layer)）。
-6. 所有 nn.init.* 都接受 generator=，不动全局随机状态；它们在 torch.no_grad() 下原地写入。
+   bias ~ U(−1/√fan_in, 1/√fan_in)。它的 std = 1/√(3·fan_in)，比 Kaiming-ReLU 的 √2/√fan_in 小 √6 ≈ 2.45 倍——
+   这是历史遗留（沿用 Lua Torch），所以大模型都自己重新初始化：GPT-2 全部 std = 0.02，写回残差流的投影
+   （注意力输出、MLP 第二层）再除以 √(2·n_layer)；HF transformers 的 Llama 全部 std = 0.02（initializer_range），
+   不做残差缩放；本仓库 model_lab 的 Llama（reset_parameters）沿用 GPT-2 的残差缩放。
+6. 深层 ReLU 网络里方差怎么传（演示里的"理论值"就是它）：x 的分量方差为 1，第一层预激活 z ~ N(0, fan_in·σ²)；
+   ReLU 输出 y 满足 E[y²] = Var(z)/2，于是下一层 Var(z) = fan_in·σ²·Var(z)/2——每层乘 fan_in·σ²/2。
+   σ² = 2/fan_in（Kaiming）时这个因子恰好是 1；而 ReLU 输出本身的标准差是 √((1 − 1/π)/2)·std(z) ≈ 0.584·std(z)
+   （E[y] = std(z)/√(2π) 不为 0）。
+7. 所有 nn.init.* 都接受 generator=，不动全局随机状态；它们在 torch.no_grad() 下原地写入。
 
 练习：ex1–ex6；ex6 是谜题（只许用 torch.arange 与 torch.where）。运行：
 
@@ -153,6 +159,22 @@ def _activation_std(depth: int, width: int, std_fn, act) -> list[float]:
     return stds
 
 
+RELU_STD_RATIO = math.sqrt((1 - 1 / math.pi) / 2)  # std(ReLU(z)) / std(z)，z ~ N(0, s²)：≈ 0.5838
+
+
+def relu_mlp_std_theory(layer: int, width: int, weight_std: float) -> float:
+    """无偏置的 ReLU MLP（输入分量方差 1、权重 ~ N(0, weight_std²)）第 layer 层（从 1 数）输出的理论标准差。
+
+    预激活方差 Var(z_l) = (width·σ²)^l / 2^(l−1)（第一层的输入没有经过 ReLU，所以是 l − 1 个 ½），
+    ReLU 输出的标准差 = √((1 − 1/π)/2)·√Var(z_l)。宽度有限时每层的实测值围绕它有百分之几的随机偏差，
+    层层相乘会累积（64 宽、6 层时可差 30%）；宽度越大越准。
+    """
+    if layer < 1:
+        raise ValueError(f"layer 从 1 数，收到 {layer}")
+    log_var = layer * math.log(width * weight_std**2) - (layer - 1) * math.log(2.0)  # 取对数：(256)^20 也不溢出
+    return RELU_STD_RATIO * math.exp(log_var / 2)
+
+
 def demo() -> None:
     depth, width = (6, 64) if is_smoke() else (20, 256)
     relu = torch.relu
@@ -162,10 +184,13 @@ def demo() -> None:
         ("Kaiming √(2/fan_in)", lambda n: math.sqrt(2.0 / n)),
     ]:
         stds = _activation_std(depth, width, std_fn, relu)
-        print(f"{depth} 层 ReLU MLP，{label:22s} 各层输出 std：第 1 层 {stds[0]:.3g} → 第 {depth} 层 {stds[-1]:.3g}")
+        first, last = (relu_mlp_std_theory(layer, width, std_fn(width)) for layer in (1, depth))
+        print(f"{depth} 层 ReLU MLP，{label:22s} 各层输出 std：第 1 层 {stds[0]:.3g} → 第 {depth} 层 {stds[-1]:.3g}"
+              f"（理论 {first:.3g} → {last:.3g}）")
     layer = nn.Linear(width, width)
     print(f"nn.Linear({width}, {width}) 默认 weight std = {float(layer.weight.detach().std()):.4f}"
-          f"（= 1/√(3·fan_in) = {1 / math.sqrt(3 * width):.4f}，比 Kaiming-ReLU 小 √6 倍）")
+          f"（理论 1/√(3·fan_in) = {1 / math.sqrt(3 * width):.4f}；Kaiming-ReLU 是 √(2/fan_in) = "
+          f"{math.sqrt(2 / width):.4f}，大 √6 ≈ {math.sqrt(6):.2f} 倍）")
 
 
 # =============================================================================

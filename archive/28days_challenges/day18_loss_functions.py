@@ -25,6 +25,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import torch
@@ -173,16 +174,22 @@ def demo() -> None:
     x = torch.tensor([100.0, -100.0])
     y = torch.tensor([0.0, 1.0])
     naive = -(y * torch.log(torch.sigmoid(x)) + (1 - y) * torch.log(1 - torch.sigmoid(x))).mean()
-    print(f"BCE 朴素写法（float32，logit ±100）= {naive.item()}，稳定写法 = {F.binary_cross_entropy_with_logits(x, y).item()}")
+    print(f"BCE 朴素写法（float32，logit ±100）= {naive.item()}，稳定写法 = {F.binary_cross_entropy_with_logits(x, y).item()}"
+          f"（精确值：两个样本都答错 100 个 logit，各是 100 + log1p(e⁻¹⁰⁰) = 100 + 3.7e-44）")
     logits = torch.tensor([[2.0, 0.5, -1.0]])
+    logp = torch.log_softmax(logits.double(), -1)[0]  # 手算的对照：float64 的 log_softmax
+    n_cls = logits.shape[-1]
     for eps in (0.0, 0.1):
-        print(f"label_smoothing={eps}：CE = {F.cross_entropy(logits, torch.tensor([0]), label_smoothing=eps).item():.4f}")
+        by_hand = (1 - eps) * -logp[0] - eps * logp.mean()  # (1 − ε)·CE + ε·mean_c(−log p_c)
+        print(f"label_smoothing={eps}：CE = {F.cross_entropy(logits, torch.tensor([0]), label_smoothing=eps).item():.4f}"
+              f"（手算 {by_hand.item():.4f}；均匀瞎猜 ln {n_cls} = {math.log(n_cls):.4f}）")
     log_q, p = torch.log_softmax(torch.randn(4, 10), -1), torch.softmax(torch.randn(4, 10), -1)
     with warnings.catch_warnings():  # 'mean' 会警告"含义与数学定义不同"——这正是要演示的
         warnings.simplefilter("ignore")
         kl_mean = F.kl_div(log_q, p, reduction="mean").item()
-    print(f"kl_div reduction='mean' = {kl_mean:.4f}，"
-          f"'batchmean' = {F.kl_div(log_q, p, reduction='batchmean').item():.4f}（差了类别数 10 倍）")
+    kl_batchmean = F.kl_div(log_q, p, reduction="batchmean").item()
+    print(f"kl_div reduction='mean' = {kl_mean:.4f}，'batchmean' = {kl_batchmean:.4f}"
+          f"（比值 {kl_batchmean / kl_mean:.2f} = 类别数 {p.shape[-1]}：'mean' 除以 N·C，'batchmean' 只除以 N）")
 
 
 # =============================================================================

@@ -2,8 +2,9 @@
 
 1. 字节数 = numel × element_size。训练一个参数量为 P 的模型（fp32 + Adam），光"静态"部分就要
        参数 4P + 梯度 4P + Adam 的 m、v 共 8P = 16P 字节
-   （7B 模型 ≈ 112 GB，还没算激活）。Adam 的状态只为"有梯度"的参数创建：冻结的参数不占优化器内存；
-   每个参数还多一个 step 计数（CPU 上是 4 字节的 float32 标量张量）。
+   （P = 7·10⁹ 时 16P = 112·10⁹ 字节 = 112 GB ≈ 104 GiB，还没算激活；演示里按 Llama-2-7B 的真实形状数出
+   P = 6,738,415,616，16P ≈ 100 GiB）。Adam 的状态只为"有梯度"的参数创建：冻结的参数不占优化器内存；
+   每个参数**张量**（不是每个元素）还多一个 step 计数（CPU 上是 4 字节的 float32 标量张量）。
 2. 视图与拷贝：切片、transpose、view、expand 返回**视图**（共享同一块 storage，改一个另一个跟着变）；
    花式索引 x[[0, 2]]、布尔掩码 x[x > 0]、clone、非连续张量的 contiguous()/reshape 会**拷贝**。
    判断方法：x.untyped_storage().data_ptr() 是否相同。一个小切片会让整块大 storage 活着，需要时 .clone()。
@@ -185,18 +186,29 @@ CHECKS = [
 PUZZLE_ALLOWED: dict[str, set[str]] = {}
 
 
-def demo() -> None:
-    # Llama-2-7B 的形状，建在 meta 设备上：不分配内存，只数参数
+LLAMA2_7B_PARAMS = 6_738_415_616  # HF transformers 的 LlamaForCausalLM 用 Llama-2-7B 的 config 建在 meta 上数出的参数量
+
+
+def llama2_7b_param_count() -> int:
+    """按 Llama-2-7B 的形状在 meta 设备上建出每一种权重（不分配内存），数参数。"""
     d, n_layer, d_ff, vocab = (4096, 32, 11008, 32000)
     with torch.device("meta"):
         layer = nn.ModuleDict({
-            "attn": nn.Linear(d, 4 * d, bias=False),  # q/k/v/o 四个 d×d 投影
+            "attn": nn.Linear(d, 4 * d, bias=False),  # q/k/v/o 四个 d×d 投影（7B 没有 GQA：n_kv_head = n_head）
             "mlp": nn.Linear(d, 3 * d_ff, bias=False),  # gate/up/down 三个 d×d_ff 投影
+            "norms": nn.ModuleList([nn.RMSNorm(d), nn.RMSNorm(d)]),  # 注意力前、MLP 前各一个，只有 γ
         })
         embed = nn.Embedding(vocab, d)
-    p = n_layer * sum(t.numel() for t in layer.parameters()) + 2 * embed.weight.numel()  # 输入嵌入 + lm_head
-    print(f"7B 形状的模型在 meta 设备上：{p / 1e9:.2f} B 参数，fp32+Adam 静态内存 16P = {16 * p / 2**30:.0f} GiB，"
-          f"bf16 推理只要 2P = {2 * p / 2**30:.1f} GiB")
+        final_norm = nn.RMSNorm(d)
+    per_layer = sum(t.numel() for t in layer.parameters())
+    # 输入嵌入与 lm_head 不共享（各 vocab × d），最后还有一个 RMSNorm
+    return n_layer * per_layer + 2 * embed.weight.numel() + final_norm.weight.numel()
+
+
+def demo() -> None:
+    p = llama2_7b_param_count()
+    print(f"Llama-2-7B 形状的模型在 meta 设备上：{p:,} 个参数（HF LlamaForCausalLM 同配置：{LLAMA2_7B_PARAMS:,}），"
+          f"fp32+Adam 静态内存 16P = {16 * p / 2**30:.1f} GiB，bf16 推理只要 2P = {2 * p / 2**30:.1f} GiB（不含激活与 KV cache）")
     x = torch.randn(1000, 1000)
     row = x[0]
     print(f"x[0] 是视图：storage 大小 {row.untyped_storage().nbytes() / 1e6:.1f} MB（整个 x）；"

@@ -35,8 +35,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from utils import exercises
 from utils.io import is_smoke
-from utils.lesson_cli import lesson_args
-from utils.torch_playground import benchmark
+from utils.lesson_cli import lesson_args, timing_note
+from utils.torch_playground import benchmark_interleaved
 
 
 # =============================================================================
@@ -180,17 +180,34 @@ def demo() -> None:
         model.zero_grad(set_to_none=True)
         model(x).pow(2).mean().backward()
 
-    flops = _flops(step)
-    ms = benchmark(step, warmup=2, reps=5)
-    print(f"MLP {width}→{4 * width}→{width}，batch {batch}：一步训练 {flops / 1e6:.1f} MFLOPs，"
-          f"中位 {ms:.2f} ms → {flops / ms / 1e6:.2f} GFLOP/s")
+    flops, fwd_flops = _flops(step), _flops(lambda: model(x))
+    # 这台机器的两个"天花板"：一个大矩阵乘能跑多少 GFLOP/s（算力），一次大拷贝能搬多少 GB/s（带宽）。
+    # 拷贝 64 MiB：比 CPU 缓存大得多，量到的才是内存带宽（SMOKE 也不缩小，几 MiB 的拷贝只会量到缓存的速度）
+    n_gemm, n_copy = (256 if is_smoke() else 512), 1 << 24
+    # 本仓库的 2 核共享机器上实测"一步训练 / 单个大矩阵乘"的比例：默认配置 4 次 56%–90%；SMOKE（64 宽）约 9%：
+    # 矩阵太小，每个算子的固定开销（调度、分配、autograd 记账）占了大头
+    expected = "SMOKE 的小 MLP 本机实测约 9%" if is_smoke() else "默认配置本机 4 次实测 56%–90%"
+    a, b = torch.randn(n_gemm, n_gemm), torch.randn(n_gemm, n_gemm)
+    src, dst = torch.randn(n_copy), torch.empty(n_copy)
+    ms, gemm_ms, copy_ms = benchmark_interleaved([step, lambda: a @ b, lambda: dst.copy_(src)], warmup=2, reps=5)
+    achieved, peak = flops / ms / 1e6, 2 * n_gemm**3 / gemm_ms / 1e6  # GFLOP/s
+    bandwidth = 2 * src.nbytes / copy_ms / 1e6  # GB/s：读 src + 写 dst
+    print(f"MLP {width}→{4 * width}→{width}，batch {batch}：一步训练 {flops / 1e6:.1f} MFLOPs"
+          f"（前向 {fwd_flops / 1e6:.1f} 的 {flops / fwd_flops:.2f} 倍：第一层不需要 ∂x，所以不到 3 倍）")
+    print(f"  中位 {ms:.2f} ms → {achieved:.2f} GFLOP/s；本机上限参考：单个 {n_gemm}×{n_gemm} 矩阵乘 {peak:.1f} GFLOP/s"
+          f"（这一步达到它的 {achieved / peak:.0%}；{expected}），{src.nbytes >> 20} MiB 拷贝 {bandwidth:.1f} GB/s")
+    print(timing_note())
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         step()
     print("torch.profiler（按 CPU 总时间排序的前 6 个算子）：")
     print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=6, max_name_column_width=30))
+    ridge = peak / bandwidth  # FLOPs/字节：算术强度高于它才是计算受限
+    print(f"  本机的分界点 ≈ {peak:.1f} GFLOP/s ÷ {bandwidth:.1f} GB/s = {ridge:.1f} FLOPs/字节（随负载波动）：")
     for n in (16, 256, 4096):
-        print(f"  (n, n) @ (n, n) fp32 的算术强度 n={n:5d}：{2 * n**3 / (3 * n * n * 4):7.1f} FLOPs/字节"
-              f"（2n³ FLOPs / 3n² 个 4 字节元素）")
+        intensity = 2 * n**3 / (3 * n * n * 4)  # = n / 6
+        bound = "内存受限" if intensity < ridge else "计算受限"
+        print(f"  (n, n) @ (n, n) fp32 的算术强度 n={n:5d}：{intensity:7.1f} FLOPs/字节"
+              f"（2n³ FLOPs / 3n² 个 4 字节元素 = n/6）→ {bound}")
 
 
 # =============================================================================

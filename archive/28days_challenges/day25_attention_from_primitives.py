@@ -13,7 +13,7 @@ nn.MultiheadAttention 把三个投影叠成一个 in_proj_weight (3C, C)，前 C
 它的 attn_mask 是 bool 时 True 表示"**不许**看"；而 F.scaled_dot_product_attention 的 bool 掩码 True 表示"**可以**看"——
 两个 API 的约定正好相反，是经典的坑。
 
-GQA（分组查询注意力，Llama 2/3 用）：K、V 只有 n_kv 个头，每个 KV 头被 nh / n_kv 个 query 头共享；
+GQA（分组查询注意力；Llama 2 只有 34B、70B 用它，Llama 3 全系都用）：K、V 只有 n_kv 个头，每个 KV 头被 nh / n_kv 个 query 头共享；
 实现上把 K、V 的每个头 repeat_interleave 成 nh 个。KV cache 因此缩小 nh / n_kv 倍。
 
 练习：ex1–ex7；ex1、ex2 是谜题。自检比较输出，以及对 q、k、v（或 x）的梯度。运行：
@@ -221,7 +221,8 @@ def demo() -> None:
     for scaled in (False, True):
         a, b = torch.randn(1000, hs), torch.randn(1000, hs)
         s = (a * b).sum(-1) / (math.sqrt(hs) if scaled else 1)
-        print(f"hs={hs} 的 q·k {'除以 √hs' if scaled else '不缩放  '}：标准差 {s.std().item():5.2f}")
+        theory = "1" if scaled else f"√{hs} = {math.sqrt(hs):.0f}"
+        print(f"hs={hs} 的 q·k {'除以 √hs' if scaled else '不缩放  '}：标准差 {s.std().item():5.2f}（理论 {theory}）")
     B, nh, T, hs = (2, 4, 64, 16) if is_smoke() else (8, 8, 512, 64)
     q, k, v = torch.randn(3, B, nh, T, hs).unbind(0)
 

@@ -223,8 +223,10 @@ PUZZLE_ALLOWED = {
 def demo() -> None:
     C, nh, n_layer, T = (32, 4, 2, 16) if is_smoke() else (128, 4, 6, 64)
     encoder = _encoder(C, nh, n_layer)
+    per_layer = ex6_block_param_count(C, 4 * C)  # = 12C² + 13C：权重 4C² + 8C²，偏置与 LayerNorm 共 13C
     print(f"{n_layer} 层、C={C}、{nh} 头的编码器：{sum(p.numel() for p in encoder.parameters()):,} 个参数"
-          f"（每层 ≈ 12C² = {12 * C * C:,}）")
+          f"（每层 12C² + 13C = {12 * C * C:,} + {13 * C:,} = {per_layer:,}；{n_layer} 层再加最后 LayerNorm 的 2C："
+          f"{n_layer * per_layer + 2 * C:,}）")
     x = torch.randn(2, T, C, dtype=torch.float64)
     mask = nn.Transformer.generate_square_subsequent_mask(T, dtype=torch.float64)
     with torch.no_grad():
@@ -233,10 +235,12 @@ def demo() -> None:
         x2[:, -1] += torch.randn(C, dtype=torch.float64)  # 只改最后一个位置（加常数的话会被 LayerNorm 抵消）
         y2 = encoder(x2, mask=mask, is_causal=True)
     changed = (y2 - y).abs().amax(-1)[0]
-    print(f"因果性检查：只改最后一个 token，前 {T - 1} 个位置的输出最大变化 {changed[:-1].max().item():.1e}，"
-          f"最后一个位置变化 {changed[-1].item():.2f}")
+    print(f"因果性检查：只改最后一个 token，前 {T - 1} 个位置的输出最大变化 {changed[:-1].max().item():.1e}"
+          f"（应当恰好是 0：因果掩码让它们根本看不到最后一个位置），最后一个位置变化 {changed[-1].item():.2f}")
     with torch.no_grad():
         h = x
+        print(f"  输入（randn）残差流的 RMS：{h.pow(2).mean().sqrt().item():.3f}（理论 1）；"
+              f"Pre-LN 每层往上加而不归一化，所以逐层变大：")
         for i, layer in enumerate(encoder.layers):
             h = layer(h, src_mask=mask, is_causal=True)
             print(f"  第 {i + 1} 层之后残差流的 RMS：{h.pow(2).mean().sqrt().item():.3f}")
