@@ -172,7 +172,8 @@ def main() -> None:
         diff = max((out - ref_out).abs().max().item(), (gx - ref_gx).abs().max().item(),
                    max((a - b).abs().max().item() for a, b in zip(gp, ref_gp)))
         shown = f"{nbytes / 2**20:7.2f} MiB" if mode != "torch_non_reentrant" else "（由其内部钩子保存，此法量不到）"
-        print(f"  {mode:20}: 输出/梯度与不检查点的最大差 {diff:.1e}，保存的激活 {shown}")
+        print(f"  {mode:20}: 输出/梯度与不检查点的最大差 {diff:.1e}（容差 1e-5；同样的算子、恢复了 RNG，应为 0），"
+              f"保存的激活 {shown}")
         assert diff < 1e-5
         if mode == "ours":
             ours_bytes = nbytes
@@ -182,7 +183,8 @@ def main() -> None:
     modes = ("none", "ours")
     ms = dict(zip(modes, benchmark_interleaved([lambda m=m: model(x.requires_grad_(), m).sum().backward() for m in modes],
                                                warmup=1, reps=3)))
-    print(f"== 前向 + 反向耗时：不检查点 {ms['none']:.1f} ms，检查点 {ms['ours']:.1f} ms（多一次前向）==")
+    print(f"== 前向 + 反向耗时：不检查点 {ms['none']:.1f} ms，检查点 {ms['ours']:.1f} ms（多一次前向："
+          f"{ms['ours'] / ms['none']:.2f} 倍，理论约 4/3 ≈ 1.33 倍，默认配置实测约 1.37）==")
     print(timing_note())
 
 

@@ -51,10 +51,30 @@ def clip_grad_norm(parameters: torch.Tensor | Iterable[torch.Tensor], max_norm: 
     return total_norm
 
 
+def expected_gaussian_norm(n: int, sigma: float, norm_type: float) -> float:
+    """n 个独立 N(0, σ²) 组成的向量的 p-范数的典型值（n 大时相对涨落很小），用来判断打印的总范数对不对：
+
+    p = 2：σ·√n（Σ g² ≈ n·σ²）；p = 1：σ·n·√(2/π)（E|g| = σ√(2/π)）；
+    p = ∞：最大绝对值的中位数 σ·Φ⁻¹(1 − (1 − 2^(−1/n))/2)——P(max|g| ≤ m) = (1 − 2Q(m/σ))^n = ½ 解出来的 m。
+    """
+    if norm_type == 2.0:
+        return sigma * n**0.5
+    if norm_type == 1.0:
+        return sigma * n * (2 / torch.pi) ** 0.5
+    if norm_type == float("inf"):
+        tail = (1 - 0.5 ** (1 / n)) / 2                                   # 单侧尾概率 Q(m/σ)
+        return sigma * torch.special.ndtri(torch.tensor(1 - tail, dtype=torch.float64)).item()
+    raise ValueError(f"norm_type={norm_type}：这里只给 1、2、inf 的典型值")
+
+
 def main() -> None:
     setup_seed()
     shapes = [(64, 32), (32,), (128, 64), (10,)] if is_smoke() else [(1024, 1024), (1024,), (4096, 1024), (4096,)]
-    print("== clip_grad_norm 对照 torch.nn.utils.clip_grad_norm_ ==")
+    n_total = sum(torch.Size(sh).numel() for sh in shapes)
+    print(f"== clip_grad_norm 对照 torch.nn.utils.clip_grad_norm_（{n_total:,} 个 N(0, 3²) 的梯度元素；"
+          "容差：范数 rtol 1e-6、梯度 1e-6）==")
+    print("  总范数的预期：p=2 ≈ 3√n = {:.3f}，p=1 ≈ 3n√(2/π) = {:.0f}，p=inf ≈ {:.2f}（n 个高斯最大绝对值的中位数）".format(
+        *(expected_gaussian_norm(n_total, 3.0, p) for p in (2.0, 1.0, float("inf")))))
     for norm_type in (2.0, 1.0, float("inf")):
         for max_norm in (1.0, 1e6):
             grads = [torch.randn(s) * 3 for s in shapes]

@@ -6,9 +6,10 @@ autocast：前向里矩阵乘、卷积这类"算得多、对精度不敏感"的�
 softmax、log、求和、loss 这类"对精度敏感"的算子自动留在 fp32；权重本身（master weights）与优化器状态始终是 fp32。
 
 bf16 与 fp16 的区别只在指数与尾数的分配：
-    fp32: 8 位指数 + 23 位尾数，范围 ~1e-38 .. 3e38
-    bf16: 8 位指数 +  7 位尾数，范围与 fp32 相同，精度只有约 3 位有效数字
-    fp16: 5 位指数 + 10 位尾数，最大 65504，最小正（次正规）数 2^-24 ≈ 6e-8
+    fp32: 8 位指数 + 23 位尾数，范围 ~1.2e-38（最小正规数）.. 3.4e38
+    bf16: 8 位指数 +  7 位尾数，范围与 fp32 相同，精度只有 8 位有效二进制位（eps = 2^-7，约 2–3 位十进制有效数字）
+    fp16: 5 位指数 + 10 位尾数，最大 65504，最小正规数 2^-14 ≈ 6.1e-5，最小正（次正规）数 2^-24 ≈ 6e-8
+          （比 2^-25 还小的数舍入成 0；恰好 2^-25 按"就近取偶"也成 0）
 bf16 的范围与 fp32 一样，梯度不会下溢，直接用就行（A100/H100 之后的 LLM 训练几乎都用 bf16）。
 
 为什么 fp16 需要 loss scaling？反向传播里很多梯度的量级在 1e-8 以下（Micikevicius et al. 2018 的统计图），
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import math
 
 import torch
 from torch import nn
@@ -214,13 +216,23 @@ def run_fp16_training(scaler, steps: int, inf_steps: set[int], seed: int = 0):
     return model, history
 
 
+def fp16_underflow_fraction(log10_lo: float, log10_hi: float, scale: float = 1.0) -> float:
+    """量级在 [10^lo, 10^hi] 上对数均匀分布的正数乘以 scale 后转 fp16，变成 0 的比例（理论值）。
+
+    fp16 最小的次正规数是 2^-24；|x| ≤ 2^-25（半个最小步长）的数舍入到 0，所以比例 = 10^lo..2^-25/scale 这一段的占比。
+    """
+    threshold = math.log10(2.0**-25 / scale)
+    return min(1.0, max(0.0, (threshold - log10_lo) / (log10_hi - log10_lo)))
+
+
 def main() -> None:
     setup_seed()
-    print("== 为什么 fp16 需要 loss scaling：量级 1e-10 .. 1e-2 的梯度转成 fp16 ==")
+    print("== 为什么 fp16 需要 loss scaling：量级 1e-10 .. 1e-2（对数均匀）的梯度转成 fp16 ==")
     grads = 10 ** torch.empty(100_000).uniform_(-10, -2)
     for s in (1.0, 2.0**16):
         zero = ((grads * s).half() == 0).float().mean().item()
-        print(f"  S = {s:>7g}：下溢为 0 的比例 {zero:6.1%}")
+        print(f"  S = {s:>7g}：下溢为 0 的比例 {zero:6.1%}（理论 {fp16_underflow_fraction(-10, -2, s):6.1%}："
+              f"≤ 2^-25/S = {2.0**-25 / s:.1e} 的都变成 0）")
 
     steps = 12 if is_smoke() else 60
     inf_steps = {2, 7, 8}
@@ -233,7 +245,7 @@ def main() -> None:
     print("  S:   " + " ".join(f"{s:>6g}" for s, _ in ours_hist[:12]))
     print("  跳过:" + " ".join(f"{'是' if k else '':>5}" for _, k in ours_hist[:12]))
     diff = max((a - b).abs().max().item() for a, b in zip(ours_model.parameters(), ref_model.parameters()))
-    print(f"  scale/跳步序列完全相同：{ours_hist == ref_hist}；参数最大差 {diff:.1e}")
+    print(f"  scale/跳步序列完全相同：{ours_hist == ref_hist}；参数最大差 {diff:.1e}（要求逐位相同 = 0）")
     assert ours_hist == ref_hist and diff == 0.0
 
     print("== bf16 autocast：不需要 scaler，loss 与 fp32 接近 ==")
@@ -242,7 +254,9 @@ def main() -> None:
         out = model(x)
     loss16 = nn.functional.mse_loss(out.float(), y).item()
     loss32 = nn.functional.mse_loss(model(x), y).item()
-    print(f"  autocast 内 Linear 输出 dtype {out.dtype}；loss bf16 {loss16:.4f} vs fp32 {loss32:.4f}")
+    rel = abs(loss16 - loss32) / loss32
+    print(f"  autocast 内 Linear 输出 dtype {out.dtype}；loss bf16 {loss16:.4f} vs fp32 {loss32:.4f}（相对差 {rel:.1e}；"
+          f"bf16 每次舍入的相对误差 ≤ 2^-9 ≈ 2e-3，误差有正有负、在 loss 的求平均里大半抵消）")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from utils.io import is_smoke, output_path
+from utils.io import is_smoke, save_figure
 from utils.lesson_cli import lesson_args
 
 SCHEDULE_KINDS = ("cosine", "wsd", "inv_sqrt")
@@ -199,20 +199,23 @@ def main() -> None:
     print(f"== 调度对照 transformers（{total} 步，预热 {warmup} 步，min_lr_ratio=0.1）==")
     for kind, f in ours.items():
         diff = max(abs(f(s) - r) for s, r in enumerate(refs[kind]))
-        print(f"  {kind:8}: 逐步最大差 {diff:.1e}；f(warmup)={f(warmup):.3f}，f(total-1)={f(total - 1):.3f}")
+        print(f"  {kind:8}: 逐步最大差 {diff:.1e}（容差 1e-12，实际应逐位相同）；"
+              f"f(warmup)={f(warmup):.3f}，f(total-1)={f(total - 1):.3f}")
         assert diff < 1e-12
+    # 终点的预期：余弦到 total 时恰好是 min_lr_ratio（total−1 还差一点点）；WSD 的 1-sqrt 同理；
+    # 逆平方根没有终点，total−1 处是 1/sqrt((total−1)/warmup)
+    print(f"  预期 f(total-1)：cosine、wsd ≈ min_lr_ratio = 0.1，inv_sqrt = 1/sqrt({total - 1}/{warmup}) = "
+          f"{1 / ((total - 1) / warmup) ** 0.5:.3f}")
 
     fig, ax = plt.subplots(figsize=(8, 4))
-    steps = range(total)
+    steps = range(total)  # 第 step 次更新用的倍数，从 0 开始（HF 约定 f(0) = 0：第一步不更新）
     for kind, f in ours.items():
         ax.plot(steps, [f(s) for s in steps], label=kind)
-    ax.set(xlabel="step", ylabel="lr multiplier", title=f"LR schedules (warmup={warmup}, total={total})")
+    ax.set(xlabel="optimizer step (from 0)", ylabel="lr multiplier f(step)",
+           title=f"LR schedules (warmup={warmup}, total={total})")
     ax.legend()
     fig.tight_layout()
-    path = output_path("figures", "lr_schedules.png")
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    print(f"  图：{path}")
+    print(f"  图：{save_figure(fig, 'lr_schedules.png', dpi=120)}")
 
 
 if __name__ == "__main__":
