@@ -509,7 +509,7 @@ def baselines(Xtr: np.ndarray, ytr: np.ndarray, Xte: np.ndarray, yte: np.ndarray
 
 
 def plot_losses(losses: list[float], losses_ref: list[float], dataset: str, acc: float) -> plt.Figure:
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(6, 4.6))
     # losses[i] 是第 i 次更新之前、在第 i 个小批次上算的 loss（losses[0] 是训练前的值），所以横轴从 0 开始
     steps = np.arange(len(losses))
     ax.plot(steps, losses, lw=1, label="our numpy autograd")
@@ -517,7 +517,7 @@ def plot_losses(losses: list[float], losses_ref: list[float], dataset: str, acc:
     ax.axhline(math.log(10), color="tab:gray", ls=":", lw=1, label="chance: ln 10")
     ax.set(title=f"MLP on {dataset}: test acc {acc:.1%}", xlabel="step (mini-batch updates done)",
            ylabel="cross-entropy on the mini-batch (nats)", yscale="log")
-    ax.legend(loc="lower left")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=3)  # 放在图外：曲线占满了整个图
     fig.tight_layout()
     path = save_figure(fig, f"tensor_autograd_{dataset}.png", dpi=110)
     print(f"图已保存：{path}")

@@ -225,7 +225,7 @@ def main() -> None:
     with time_block("manual", verbose=False) as t:
         losses = train(params, X, y, STEPS, lr=LR, act="tanh", use_autograd=False)
     losses_ref = train(params, X, y, STEPS, lr=LR, act="tanh", use_autograd=True)
-    losses_linear = linear_baseline_losses(X, y)
+    losses_linear = linear_baseline_losses(X, y, STEPS, LR)
     diff = float(np.abs(np.array(losses) - np.array(losses_ref)).max())
     print(f"digits 上训练 {STEPS} 步（{t.ms / 1000:.1f} s）：与 autograd 训练的逐步 loss 最大差 {diff:.1e}")
     print(f"  loss {losses[0]:.3f} → {tail_loss(losses):.3f}（最后 {TAIL} 步平均；瞎猜 ln10 = {math.log(10):.3f}，"
