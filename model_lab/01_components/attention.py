@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from utils.io import is_smoke, output_path
+from utils.io import is_smoke, save_figure
 from utils.lesson_cli import lesson_args, timing_note
 from utils.torch_playground import benchmark_interleaved, setup_seed
 
@@ -234,6 +234,26 @@ def kv_cache_table(layers=32, heads=32, kv_heads=8, head_dim=128, bytes_per_elem
     return [(name, n * bytes_per_elem, n * bytes_per_elem * layers) for name, n in rows]
 
 
+def attention_figure(mask: torch.Tensor, weights: torch.Tensor):
+    """左：bool 掩码 (Tq, Tk)（白 = 可见）；右：注意力权重 (Tq, Tk)。返回 Figure。"""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4))
+    axes[0].imshow(mask.numpy(), cmap="gray")
+    axes[0].set_title("mask: causal & left padding (white = visible)")
+    im = axes[1].imshow(weights.numpy(), cmap="viridis", vmin=0, vmax=1)
+    axes[1].set_title("attention weights (seq 2, head 0)")
+    for ax in axes:
+        ax.set_xlabel("key position")
+        ax.set_ylabel("query position")
+    fig.colorbar(im, ax=axes[1], label="softmax weight")
+    fig.tight_layout()
+    return fig
+
+
 def _hf_llama_attention(config: AttentionConfig):
     """同尺寸的 HF LlamaAttention（eager 实现）及其 rotary embedding。"""
     from transformers import LlamaConfig
@@ -260,9 +280,13 @@ def main():
     position_ids = (padding.cumsum(-1) - 1).clamp_min(0)  # 位置从第一个真实 token 开始数
 
     # 1) 手写 == PyTorch SDPA
+    # 下面三个对照都是 fp32、输出量级 ~1：数学上相等，只差求和顺序（矩阵乘的分块、softmax 的归约），
+    # 期望几个 ulp（fp32 的 ε = 2⁻²³ ≈ 1.19e-7），≲ 1e-6；到 1e-4 以上就是真 bug（掩码、缩放、RoPE 配对错了）
+    tol = "期望 ≲ 1e-6：fp32 下只差求和顺序"
     y_ours = attn(x, position_ids, padding)
     y_sdpa = attn(x, position_ids, padding, use_sdpa=True)
-    print(f"[check] 手写注意力 vs F.scaled_dot_product_attention：max|diff| = {(y_ours - y_sdpa).abs().max():.2e}")
+    print(f"[check] 手写注意力 vs F.scaled_dot_product_attention：max|diff| = {(y_ours - y_sdpa).abs().max():.2e}"
+          f"（{tol}）")
 
     # 2) == HF LlamaAttention（同一份权重；只比较真实 token 的行，填充行的约定不同，见文件开头）
     hf_attn, rotary = _hf_llama_attention(config)
@@ -271,13 +295,13 @@ def main():
     additive = torch.zeros(mask4d.shape).masked_fill(~mask4d, torch.finfo(torch.float32).min)
     y_hf, _ = hf_attn(x, position_embeddings=rotary(x, position_ids), attention_mask=additive)
     real = padding.bool()
-    print(f"[check] vs HF LlamaAttention（GQA 8/2）：max|diff| = {(y_ours - y_hf)[real].abs().max():.2e}")
+    print(f"[check] vs HF LlamaAttention（GQA 8/2）：max|diff| = {(y_ours - y_hf)[real].abs().max():.2e}（{tol}）")
 
     # 3) KV cache 逐 token 解码 == 整段重算
     cache = KVCache()
     steps = [attn(x[:, i : i + 1], position_ids[:, i : i + 1], padding[:, : i + 1], kv_cache=cache) for i in range(t)]
     y_inc = torch.cat(steps, dim=1)
-    print(f"[check] KV cache 增量解码 vs 整段计算：max|diff| = {(y_inc - y_ours)[real].abs().max():.2e}")
+    print(f"[check] KV cache 增量解码 vs 整段计算：max|diff| = {(y_inc - y_ours)[real].abs().max():.2e}（{tol}）")
 
     # 4) 大打分也不溢出；整行被掩掉输出 0 而不是 NaN
     huge = torch.tensor([[1e30, 1e30, -1e30], [float("-inf")] * 3])
@@ -297,34 +321,21 @@ def main():
 
     # 6) KV cache 大小表
     print("\nKV cache（bf16，32 层，32 个 query 头，head_dim=128，即 Llama-3-8B 量级）")
-    print(f"{'变体':<28}{'每层每 token':>14}{'全模型每 token':>16}{'8K 上下文':>12}")
-    for name, per_layer, per_token in kv_cache_table():
-        print(f"{name:<28}{per_layer:>12,} B{per_token / 1024:>13.0f} KiB{per_token * 8192 / 2**30:>10.2f} GiB")
+    print(f"{'变体':<28}{'每层每 token':>14}{'全模型每 token':>16}{'8K 上下文':>12}{'相对 MHA':>10}")
+    table = kv_cache_table()
+    mha = table[0][1]  # 基线：每个 query 头都有自己的 K/V
+    for name, per_layer, per_token in table:
+        print(f"{name:<28}{per_layer:>12,} B{per_token / 1024:>13.0f} KiB{per_token * 8192 / 2**30:>10.2f} GiB"
+              f"{per_layer / mha:>10.3f}")
 
     # 7) 图：因果 + 左填充的掩码，以及第 2 条序列第 1 个头的注意力权重
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     with torch.no_grad():
         c = config
         q = attn.q_proj(x).view(b, t, c.num_attention_heads, c.head_dim).transpose(1, 2)
         k = attn.k_proj(x).view(b, t, c.num_key_value_heads, c.head_dim).transpose(1, 2)
         cos, sin = rope_cos_sin(position_ids, c.head_dim)
         p = attention_weights(apply_rope(q, cos, sin), apply_rope(k, cos, sin), mask4d)
-    fig, axes = plt.subplots(1, 2, figsize=(9, 4))
-    axes[0].imshow(mask4d[1, 0].numpy(), cmap="gray")
-    axes[0].set_title("mask: causal & left padding (white = visible)")
-    im = axes[1].imshow(p[1, 0].numpy(), cmap="viridis", vmin=0, vmax=1)
-    axes[1].set_title("attention weights (seq 2, head 0)")
-    for ax in axes:
-        ax.set_xlabel("key position")
-        ax.set_ylabel("query position")
-    fig.colorbar(im, ax=axes[1])
-    fig.tight_layout()
-    path = output_path("figures", "attention_weights.png")
-    fig.savefig(path, dpi=120)
+    path = save_figure(attention_figure(mask4d[1, 0], p[1, 0]), "attention_weights.png", dpi=120)
     print(f"\n图已保存：{path}（填充行的权重全 0：它们没有可看的 key）")
 
 

@@ -15,7 +15,8 @@
     解法：key 分两段。不带位置的 k^C（来自 c，可吸收）+ 一个所有头共享的小 key k^R = RoPE(W_KR h)
     （qk_rope_head_dim=64，像 MQA 一样只有 1 个头）；query 也分成 q^C 与 q^R = RoPE(...)。
         score_{t,s,i} = (q^C_{t,i}·k^C_{s,i} + q^R_{t,i}·k^R_s) / √(d_nope + d_rope)
-    每 token 缓存 c（d_c）与 k^R（d_rope）：DeepSeek-V3 为 512+64 = 576 个数，而它若用 MHA 要 128·(192+128)。
+    每 token 缓存 c（d_c）与 k^R（d_rope）：DeepSeek-V3 为 512+64 = 576 个数，而它若用 MHA 要
+    128 头 ·(192+128) = 40960 个，是 MLA 的 71 倍（main 里的表按 61 层、bf16 算出全模型的字节数）。
 四、权重吸收（推理形式）
     打分：q^C·(W_UK c) = (W_UK^T q^C)·c，先算 q_latent = W_UK^T q^C ∈ R^{d_c}（每头一次，与上下文长度无关）。
     输出：Σ_s p_s W_UV c_s = W_UV (Σ_s p_s c_s)，先在潜空间里加权求和，最后每头乘一次 W_UV（还可再并进 o_proj）。
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from utils.io import is_smoke, output_path
+from utils.io import is_smoke, save_figure
 from utils.lesson_cli import lesson_args, timing_note
 from utils.torch_playground import benchmark_interleaved, setup_seed
 
@@ -199,6 +200,25 @@ def kv_cache_bytes_per_token(kind: str, *, num_heads=128, num_kv_heads=8, head_d
     return elems[kind] * bytes_per_elem
 
 
+def kv_cache_figure(labels: list[str], kib_per_token: list[float], layers: int):
+    """每种注意力的全模型每 token KV cache（KiB，对数纵轴）柱状图，返回 Figure。"""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    bars = ax.bar(labels, kib_per_token, color=["gray", "tab:blue", "tab:green", "tab:red"][: len(labels)])
+    ax.bar_label(bars, fmt="%.0f KiB")
+    ax.set_yscale("log")
+    ax.set_ylim(top=max(kib_per_token) * 3)  # 给最高柱的标注留出空间
+    ax.set_xlabel("attention variant (what is cached per layer)")
+    ax.set_ylabel("KV cache per token (KiB, log)")
+    ax.set_title(f"DeepSeek-V3 size, {layers} layers, bf16")
+    fig.tight_layout()
+    return fig
+
+
 def _hf_deepseek_attention(config: MLAConfig):
     """同尺寸的 HF DeepseekV3Attention（eager）及其 rotary embedding。"""
     from transformers import DeepseekV3Config
@@ -240,17 +260,19 @@ def main():
     additive = torch.zeros(mask.shape).masked_fill(~mask, torch.finfo(torch.float32).min)
     y_naive = attn(x, position_ids, padding)
     y_hf, _ = hf_attn(x, position_embeddings=rotary(x, position_ids), attention_mask=additive)
-    print(f"[check] MLA（朴素形式）vs HF DeepseekV3Attention：max|diff| = {(y_naive - y_hf).abs().max():.2e}")
+    # 三个对照都是 fp32、输出量级 ~1：数学上相等，只差矩阵乘的结合顺序（吸收形式先乘 W_UK^T），期望 ≲ 1e-6
+    tol = "期望 ≲ 1e-6：fp32 下只差结合与求和顺序"
+    print(f"[check] MLA（朴素形式）vs HF DeepseekV3Attention：max|diff| = {(y_naive - y_hf).abs().max():.2e}（{tol}）")
 
     # 2) 权重吸收 == 朴素；用 LatentCache 逐 token 解码 == 整段计算
     y_absorb = attn(x, position_ids, padding, absorb=True)
-    print(f"[check] 权重吸收形式 vs 朴素形式：max|diff| = {(y_absorb - y_naive).abs().max():.2e}")
+    print(f"[check] 权重吸收形式 vs 朴素形式：max|diff| = {(y_absorb - y_naive).abs().max():.2e}（{tol}）")
     cache = LatentCache()
     steps = [attn(x[:, i : i + 1], position_ids[:, i : i + 1], padding[:, : i + 1], cache, absorb=True)
              for i in range(t)]
     real = padding.bool()  # 全掩的填充行是"对 Tk 个 key 的均匀平均"，Tk 随解码步变化，只比较真实 token
     diff = (torch.cat(steps, 1) - y_naive)[real].abs().max()
-    print(f"[check] LatentCache + 吸收形式逐 token 解码 vs 整段：max|diff| = {diff:.2e}")
+    print(f"[check] LatentCache + 吸收形式逐 token 解码 vs 整段：max|diff| = {diff:.2e}（{tol}）")
 
     # 3) 计时：一个解码步（上下文 T_ctx），朴素形式要把整段 cache 上投影成每个头的 K、V
     # DeepSeek-V3 每头的真实维度（d_c=512、d_rope=64、d_nope=d_v=128），只把头数与 hidden 缩小
@@ -281,25 +303,11 @@ def main():
     per_layer = [kv_cache_bytes_per_token(k) for k in kinds]
     for kind, nbytes in zip(kinds, per_layer):
         print(f"  {kind:<4} 每层每 token {nbytes:>7,} B   全模型每 token {nbytes * layers / 1024:>8.1f} KiB"
-              f"   128K 上下文 {nbytes * layers * 131072 / 2**30:>7.1f} GiB")
+              f"   128K 上下文 {nbytes * layers * 131072 / 2**30:>7.1f} GiB   相对 MHA ×{nbytes / per_layer[0]:.3f}")
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
     labels = ["MHA\n128 heads", "GQA\n8 kv heads", "MQA\n1 kv head", "MLA\n512+64"]
-    bars = ax.bar(labels, [n * layers / 1024 for n in per_layer], color=["gray", "tab:blue", "tab:green", "tab:red"])
-    ax.bar_label(bars, fmt="%.0f KiB")
-    ax.set_yscale("log")
-    ax.set_ylim(top=max(per_layer) * layers / 1024 * 3)  # 给最高柱的标注留出空间
-    ax.set_ylabel("KV cache per token (KiB, log)")
-    ax.set_title("DeepSeek-V3 size, 61 layers, bf16")
-    fig.tight_layout()
-    path = output_path("figures", "mla_kv_cache.png")
-    fig.savefig(path, dpi=120)
-    print(f"图已保存：{path}")
+    fig = kv_cache_figure(labels, [n * layers / 1024 for n in per_layer], layers)
+    print(f"图已保存：{save_figure(fig, 'mla_kv_cache.png', dpi=120)}")
 
 
 if __name__ == "__main__":

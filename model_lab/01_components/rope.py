@@ -9,7 +9,8 @@
     Re[ f(q,m)_i · conj(f(k,n)_i) ] = Re[ q_i · conj(k_i) · e^{i (m-n) θ_i} ]
 绝对位置 m、n 只以差 m - n 出现——相对位置性质由"旋转矩阵的乘积仍是旋转"直接给出。
 频率取几何级数 θ_i = base^{-2i/D}（i = 0..D/2-1，base 即 rope_theta，默认 10000）：
-第 0 对每个 token 转 1 弧度（波长 2π），最后一对波长约 2π·base，从"看相邻 token"到"看整段上下文"全覆盖。
+第 0 对每个 token 转 1 弧度（波长 2π），最后一对（i = D/2−1）的波长是 2π·base^{(D−2)/D}
+（D=128、base=10000 时约 5.4 万个 token，略短于 2π·base ≈ 6.3 万），从"看相邻 token"到"看整段上下文"全覆盖。
 
 两种布局（同一个数学，不同的"哪两维配成一对"）
 - interleaved（Meta 原版 llama）：第 i 对 = (x[2i], x[2i+1])，用 torch.view_as_complex 做复数乘法。
@@ -33,7 +34,7 @@ import matplotlib.pyplot as plt
 import torch
 from torch import nn
 
-from utils.io import is_smoke, output_path
+from utils.io import is_smoke, output_path, save_figure
 from utils.lesson_cli import lesson_args, timing_note
 from utils.torch_playground import benchmark_interleaved, setup_seed
 
@@ -95,7 +96,9 @@ def yarn_inv_freq(head_dim: int, theta: float, factor: float, original_max_posit
     if low == high:
         high += 0.001  # 避免除以零
     # ramp = 0 → 外推（原频率），ramp = 1 → 插值（频率 / factor）。
-    # 运算顺序照抄 HF：fp32 下 a/factor 与 1/(factor·b) 差一个 ulp，位置 500 处就放大成 1e-5 的角度差
+    # 运算顺序照抄 HF：factor 不是 2 的幂（3、5、40……）时，fp32 里 (1/b)/factor 与 1/(factor·b) 有一部分频率
+    # 差一个 ulp（D=128、factor=3 时 64 个里 26 个），位置 500 处放大成约 8e-6 弧度的角度差；
+    # factor 是 2 的幂时除法精确，两种写法逐位相同
     ramp = ((torch.arange(head_dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
     keep = 1 - ramp
     pos_freqs = theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)  # 1/θ_i
@@ -224,7 +227,7 @@ def apply_rope_interleaved(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
     """interleaved 布局（Meta 原版）：第 i 对是 (x[2i], x[2i+1])，用实数写出复数乘法 (a+ib)(c+is)。
 
     这是为了看清公式的写法：跨步切片 + stack 会多次拷贝，CPU 上比 Meta 的 view_as_complex 复数乘法
-    （一个融合 kernel）慢约 5 倍（见 benchmarks/RESULTS.md）。生产代码用 rotate-half 或复数写法。
+    （一个融合 kernel）慢约 5.6 倍（benchmarks/RESULTS.md 的单线程测量）。生产代码用 rotate-half 或复数写法。
     """
     _check_shapes(x, cos)
     half = x.shape[-1] // 2
@@ -262,8 +265,8 @@ def _hf_rope(head_dim: int, rope_parameters: dict, max_pos: int):
     return LlamaRotaryEmbedding(config)
 
 
-def plot_spectrum(path, head_dim: int = 128, theta: float = 500000.0, original: int = 8192, factor: float = 8.0):
-    """左：各方案每一对维度的波长 2π/θ_i；右：|Σ_i e^{i·r·θ_i}|/(D/2)——RoPE 的远程衰减。
+def spectrum_figure(head_dim: int = 128, theta: float = 500000.0, original: int = 8192, factor: float = 8.0):
+    """左：各方案每一对维度的波长 2π/θ_i；右：|Σ_i e^{i·r·θ_i}|/(D/2)——RoPE 的远程衰减。返回 Figure。
 
     图上文字用英文：matplotlib 默认字体没有中文字形，中文会变成方框。
     """
@@ -287,11 +290,15 @@ def plot_spectrum(path, head_dim: int = 128, theta: float = 500000.0, original: 
     inv_freq = default_inv_freq(head_dim, theta).double()
     decay = torch.polar(torch.ones_like(rel[:, None]), rel[:, None] * inv_freq).sum(-1).abs() / (head_dim // 2)
     ax2.semilogx(rel[1:], decay[1:])
-    ax2.set(xlabel="relative distance m−n", ylabel="|Σ exp(i(m−n)θ_i)| / (D/2)", title="long-term decay (q = k = ones)")
+    ax2.set(xlabel="relative distance m−n (tokens)", ylabel="|Σ exp(i(m−n)θ_i)| / (D/2)",
+            title="long-term decay (q = k = ones)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return fig
+
+
+def plot_spectrum(path, **kwargs):
+    """画 spectrum_figure(**kwargs) 并原子地存到 path，返回 path。"""
+    return save_figure(spectrum_figure(**kwargs), path, dpi=120)
 
 
 def main() -> None:
@@ -302,7 +309,8 @@ def main() -> None:
     B, nh, T, D = (1, 2, 17, 16) if smoke else (2, 8, 513, 128)
     max_pos = 8 if smoke else 256  # dynamic 只在 T > max_pos 时才真正缩放
     original = max_pos // 4  # yarn / llama3 假装"原始训练长度"是 max_pos 的 1/4
-    print(f"== RoPE 对照 transformers（B={B}, nh={nh}, T={T}, D={D}, max_pos={max_pos}）==")
+    print(f"== RoPE 对照 transformers（B={B}, nh={nh}, T={T}, D={D}, max_pos={max_pos}；"
+          f"期望差全为 0：同一算法、同一运算顺序、都在 fp32）==")
     cases = [
         {"rope_type": "default", "rope_theta": 10000.0},
         {"rope_type": "linear", "rope_theta": 10000.0, "factor": 4.0},
@@ -329,7 +337,8 @@ def main() -> None:
     cos, sin = rope(q, pos)
     perm = interleaved_to_half_perm(D)
     err = (apply_rope(q[..., perm], cos, sin) - apply_rope_interleaved(q, cos, sin)[..., perm]).abs().max().item()
-    print(f"== 两种布局：rotate_half(x[perm]) 与 interleaved(x)[perm] 最大差 {err:.1e}")
+    print(f"== 两种布局：rotate_half(x[perm]) 与 interleaved(x)[perm] 最大差 {err:.1e}"
+          f"（期望 0：每个输出元素都是同样两个乘积的和/差）")
     assert err < 1e-5
 
     # 相对位置：同一对 (q, k) 整体平移 1000 个位置，分数不变（fp64 里算，排除 fp32 角度舍入）
@@ -342,7 +351,8 @@ def main() -> None:
         return float(r[0, 0, 0] @ r[0, 0, 1])
 
     drift = max(abs(score(m, n) - score(m + 1000, n + 1000)) for m, n in [(5, 3), (100, 0), (7, 50)])
-    print(f"== 相对位置：q·k 在 (m, n) 与 (m+1000, n+1000) 处最大差 {drift:.1e}（fp64）")
+    print(f"== 相对位置：q·k 在 (m, n) 与 (m+1000, n+1000) 处最大差 {drift:.1e}（fp64；数学上是 0，"
+          f"只剩舍入：ε = 2⁻⁵² ≈ 2.2e-16 乘上 |q·k| 与角度的量级，期望 ~1e-15；默认配置 3.6e-15，SMOKE 8.9e-16）")
     assert drift < 1e-9
 
     qg, reps = q.clone().requires_grad_(), 3 if smoke else 20
