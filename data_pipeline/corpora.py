@@ -1,7 +1,7 @@
 """语料注册表：一个名字 → 一份缓存在 data/corpora/ 下的纯文本文件。
 
     from data_pipeline.corpora import load_corpus, corpus_path, train_val_split
-    text = load_corpus("shakespeare")          # 离线默认语料，约 5 MB
+    text = load_corpus("shakespeare")          # 离线默认语料，约 4.8 MB
     train, val = train_val_split(text, 0.1)    # 前 90% / 后 10%
 
 三份语料（CORPORA 里有一行中文说明）：
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import importlib.util
+import math
 import numbers
 import os
 import re
@@ -311,6 +312,21 @@ def corpus_stats(text: str) -> dict:
     }
 
 
+def char_baselines(text: str) -> dict[str, float]:
+    """字符级语言模型的两个平凡基线（nats/字符，即交叉熵 loss 的单位）：
+
+    - uniform：每个字符等概率，loss = ln V（V = 不同字符数）；
+    - unigram：按字符频率猜、不看上下文，loss = 熵 H = −Σ p_c ln p_c（在训练文本上算，是这类模型的最好成绩）。
+    在这份文本上训练的字符级模型，loss 低于 unigram 才说明它用上了上下文。
+    """
+    if not text:
+        raise ValueError("文本是空的：没有字符可以统计")
+    counts = collections.Counter(text)
+    n = len(text)
+    return {"vocab": len(counts), "uniform": math.log(len(counts)),
+            "unigram": -sum(c / n * math.log(c / n) for c in counts.values())}
+
+
 def main() -> None:
     print("已注册的语料：")
     for spec in CORPORA.values():
@@ -330,6 +346,9 @@ def main() -> None:
     print("  说话最多：" + "，".join(f"{name} {count}" for name, count in top))
     train, val = train_val_split(text, 0.1)
     print(f"  train/val 切分：{len(train):,} / {len(val):,} 字符")
+    base = char_baselines(text)
+    print(f"  字符级模型的基线（nats/字符，交叉熵 loss 的单位）：均匀 ln {base['vocab']} = {base['uniform']:.3f}，"
+          f"unigram 熵 {base['unigram']:.3f}——字符级模型的验证 loss 要低于 unigram 才算用上了上下文")
     print("\n开头几行：")
     print("\n".join(text.split("\n")[: 8 if is_smoke() else 20]))
 

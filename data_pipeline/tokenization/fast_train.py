@@ -8,7 +8,7 @@
 快速训练器的三个想法：
 
 1. 去重：只对每个"不同的"预 token 保存一份 token 序列和它的出现次数 f。
-   500 万字节的 Shakespeare 约 100 万个预 token，不同的只有约 3 万个。
+   478 万字节的 Shakespeare（GPT-2 pattern）有 128 万个预 token，不同的只有 3.4 万个。
 2. 增量更新：合并 (a, b) → n 只改变"含有 (a, b) 的那些预 token"里的 pair。维护一个索引
    pair → {含有它的预 token 编号}，只处理这些词；每处 x a b y → x n y 只动左右邻居：
    (x,a)、(b,y) 各减 f，(x,n)、(n,y) 各加 f。其余几万个词完全不碰。
@@ -273,6 +273,34 @@ def merge_pretokens(
     return merges
 
 
+def merge_counts_slope(merge_counts: list[int]) -> float:
+    """log(被合并的 pair 的次数) 对 log(合并步数) 的最小二乘斜率：幂律 count ∝ step^slope 的指数。"""
+    import numpy as np
+
+    if len(merge_counts) < 2:
+        raise ValueError(f"至少要 2 次合并才能拟合斜率，收到 {len(merge_counts)} 次")
+    steps = np.log(np.arange(1, len(merge_counts) + 1))
+    return float(np.polyfit(steps, np.log(np.asarray(merge_counts, dtype=np.float64)), 1)[0])
+
+
+def merge_counts_figure(merge_counts: list[int], name: str):
+    """每一步被合并的 pair 出现了多少次（双对数轴，第 1 次合并画在 x = 1），返回 Figure。"""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    slope = merge_counts_slope(merge_counts)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.loglog(range(1, len(merge_counts) + 1), merge_counts, label=f"BPE (fitted slope {slope:.2f})")
+    ax.set_xlabel("merge step (1 = first merge)")
+    ax.set_ylabel("occurrences of the merged pair")
+    ax.set_title(f"BPE on {name}: pair counts fall like a power law")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
 def train_bpe(
     input_path: str | os.PathLike,
     vocab_size: int,
@@ -300,14 +328,9 @@ def main() -> None:
     import tempfile
     import time
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from data_pipeline.corpora import corpus_path
     from data_pipeline.tokenization.regex_bpe import train_bpe_naive
-    from utils.io import is_smoke, output_path
+    from utils.io import is_smoke, output_path, save_figure
 
     smoke = is_smoke()
     corpus = corpus_path("shakespeare")
@@ -345,15 +368,12 @@ def main() -> None:
         print(f"{path.name} {path.stat().st_size / 1e6:.2f} MB → vocab {vocab_size}：并行预分词 {pretok_s:.2f} s"
               f"（{sum(counts.values()):,} 个预 token，不同的 {len(counts):,} 个），合并 {merge_s:.2f} s")
     print("最后 5 个新 token：", [vocab[i] for i in range(vocab_size - 5, vocab_size)])
+    print(f"被合并的 pair 的次数：第 1 次 {merge_counts[0]:,}，最后一次 {merge_counts[-1]:,}；双对数斜率 "
+          f"{merge_counts_slope(merge_counts):.2f}（对照：Zipf 定律的词频斜率是 −1；"
+          f"默认配置全文 vocab 8192 为 −1.30，SMOKE 的 200 KB、vocab 1024 为 −1.06）")
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.loglog(range(1, len(merge_counts) + 1), merge_counts)
-    ax.set_xlabel("merge step")
-    ax.set_ylabel("count of the merged pair")
-    ax.set_title(f"BPE on {path.name}: pair counts fall like a power law")
-    fig.tight_layout()
-    fig_path = output_path("tokenization", "bpe_merge_counts.png")
-    fig.savefig(fig_path, dpi=120)
+    fig = merge_counts_figure(merge_counts, path.name)
+    fig_path = save_figure(fig, output_path("tokenization", "bpe_merge_counts.png"), dpi=120)
     print(f"图：{fig_path}（后期的合并只涉及很少的词，这正是增量更新比全量重数快的原因）")
 
 
