@@ -65,6 +65,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,7 +79,7 @@ from torch import Tensor, nn
 from model_lab import Llama
 from model_lab.attention_backends import make_attention_mask
 from training_sys.strategy import SingleDevice
-from utils.io import atomic_path, is_smoke, output_path
+from utils.io import is_smoke, output_path, save_figure
 from utils.lesson_cli import lesson_args
 
 __all__ = ["SCHEDULES", "LlamaStage", "PipelineStepResult", "PipelineStrategy", "bubble_fraction", "gpipe_step",
@@ -536,14 +537,11 @@ def plot_schedules(timelines: dict[str, Timeline], path: Path, live: dict[str, l
         title = f"{name}: bubble = {bubble_fraction(timeline):.1%}"
         if live is not None:
             title += f", peak live activations per stage = {live[name]}"
-        ax.set(yticks=range(p), yticklabels=[f"stage {s}" for s in range(p)], xlabel="time (t_f = 1, t_b = 2)",
-               title=title)
+        ax.set(yticks=range(p), yticklabels=[f"stage {s}" for s in range(p)], ylabel="pipeline stage (rank)",
+               xlabel="replayed time (units of one forward t_f; t_b = 2 t_f)", title=title)
         ax.invert_yaxis()
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -632,6 +630,8 @@ def main() -> None:
 
     print(f"流水线并行：Llama {config.num_hidden_layers} 层切成 {pp} 段，一步 {m} 个 micro-batch（每个 {b}×{t}），"
           f"每个边界每步收发 2·m·B·T·C = {2 * m * b * t * config.hidden_size:,} 个元素")
+    print(f"（输入与目标都是随机 token、模型未训练：loss 应在均匀分布的 ln V = {math.log(config.vocab_size):.4f} 附近；"
+          "梯度最大差的容差 1e-5，loss 差的容差 1e-5）")
     print(f"{'调度':<16}{'loss':>12}{'梯度最大差':>14}{'每段活着的激活峰值':>22}")
     timelines, live = {}, {}
     for name in ("GPipe", "1F1B"):
@@ -646,6 +646,7 @@ def main() -> None:
         print(f"{'torch ' + name:<16}{'':>12}{diff:>14.2e}")
         assert diff < 1e-5, f"torch.distributed.pipelining 的 {name} 与单进程不一致"
     print(f"单进程梯度累积 loss {ref_loss:.6f}")
+    print(f"每段活着的激活峰值的预期：GPipe 是 m = {m}，1F1B 阶段 s 是 min(p − s, m) = {[min(pp - s, m) for s in range(pp)]}")
     assert live["GPipe"] == [m] * pp and live["1F1B"] == [min(pp - s, m) for s in range(pp)]
     formula = (pp - 1) / (m + pp - 1)
     for name, timeline in timelines.items():

@@ -474,6 +474,18 @@ def _single_process_reference(world: int, steps: int, smoke: bool) -> dict[str, 
     return model.state_dict()
 
 
+def expected_bytes(num_params: int, world: int, stage: int) -> dict[str, float]:
+    """fp32 + AdamW 时每个 rank 持有的字节数（理论值，不算 AdamW 每个参数一个 4 字节的 step 标量与补齐的零）：
+
+    stage 0（DDP）：参数 4ψ、梯度 4ψ、优化器 8ψ；stage 1：优化器 8ψ/w；stage 2：梯度也只有 4ψ/w。
+    """
+    if stage not in (0, 1, 2):
+        raise ValueError(f"stage={stage}：这里只有 0（DDP 式）、1、2")
+    psi = num_params
+    return {"params": 4 * psi, "grads": 4 * psi / (world if stage == 2 else 1),
+            "optimizer": 8 * psi / (world if stage >= 1 else 1)}
+
+
 def main() -> None:
     from training_sys.distributed.launch import spawn
     from utils.io import is_smoke
@@ -486,17 +498,24 @@ def main() -> None:
     print(f"== ZeRO：{world} 个 rank，tiny Llama {n:,} 个 fp32 参数，{steps} 步，对照单进程 AdamW（同一全局 batch）==")
     for stage in (0, 1, 2):
         diffs = [max((r[stage]["params"][k] - v).abs().max().item() for k, v in ref.items()) for r in per_rank]
-        print(f"  stage {stage}：各 rank 参数与单进程的最大差 {max(diffs):.2e}")
+        print(f"  stage {stage}：各 rank 参数与单进程的最大差 {max(diffs):.2e}"
+              "（容差 1e-5：梯度按 rank 分开求和、次序不同，fp32 舍入被 AdamW 的归一化放大）")
         assert max(diffs) < 1e-5, f"stage {stage} 与单进程不一致"
     print("== 每个 rank 实际持有的字节数（一步里 zero_grad 之前）；理论值 ψ=参数个数：4ψ / 4ψ / 8ψ → 1/world ==")
-    print(f"  {'stage':<6}{'rank':<6}{'params':>12}{'grads':>12}{'optimizer':>12}{'合计':>12}")
+    print(f"  {'stage':<6}{'rank':<6}{'params':>12}{'grads':>12}{'optimizer':>12}{'合计':>12}{'理论合计':>12}")
     for stage in (0, 1, 2):
+        theory = sum(expected_bytes(n, world, stage).values())
         for rank, r in enumerate(per_rank):
             m = r[stage]["memory"]
             total = m["params"] + m["grads"] + m["optimizer"]
-            print(f"  {stage:<6}{rank:<6}{m['params']:>12,}{m['grads']:>12,}{m['optimizer']:>12,}{total:>12,}")
-    print("  stage 0 的梯度比参数多：q/k/v 三个投影的梯度是融合 QKV 反向里同一块缓冲的视图，整块缓冲都被留着"
-          "（held_bytes 数的是实际存储）")
+            print(f"  {stage:<6}{rank:<6}{m['params']:>12,}{m['grads']:>12,}{m['optimizer']:>12,}{total:>12,}"
+                  f"{theory:>12,.0f}")
+    print("  理论合计 = 16ψ / 8ψ + 8ψ/w / 4ψ + 12ψ/w；实测多出的几十字节是 AdamW 每个参数一个 4 字节的 step 标量"
+          "（ZeRO 每个 rank 只为自己段里的参数存）与补齐到 w 的倍数的零")
+    extra = per_rank[0][0]["memory"]["grads"] - per_rank[0][0]["memory"]["params"]
+    if extra > 0:  # 只在模型走了融合 QKV 的路径时出现（SMOKE 的 32 维模型会，默认的 64 维不会）
+        print(f"  stage 0 的梯度比参数多 {extra:,} 字节：q/k/v 的梯度是融合 QKV 反向里大缓冲的视图，整块缓冲都被留着"
+              "（held_bytes 数的是实际存储）")
     print("  stage 1 省掉 (w-1)/w 的优化器状态；stage 2 再省掉 (w-1)/w 的梯度，通信量与 DDP 相同"
           "（reduce-scatter + all-gather = 一次 all-reduce）")
 
