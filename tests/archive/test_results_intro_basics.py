@@ -271,7 +271,8 @@ def test_mean_field_matches_relu_closed_forms(init):
 @pytest.mark.parametrize("cfg", [("xavier", "tanh"), ("N(0, 1)", "tanh")])  # 缓慢衰减；饱和（近似阶跃）
 def test_mean_field_matches_wide_simulation_for_tanh(init, cfg):
     sim = init.activation_stds(*cfg, depth=4, width=1024, seed=0)
-    np.testing.assert_allclose(sim, init.mean_field_stds(*cfg, 4, 1024), rtol=0.02)
+    # 宽 1024 时实测与理论只差 0.3% 以内；饱和的 tanh 近似阶跃，粗网格（201 点）积分会差 1.2%
+    np.testing.assert_allclose(sim, init.mean_field_stds(*cfg, 4, 1024), rtol=0.005)
 
 
 def test_init_depth_experiment_prints_theory_and_range_and_starts_at_layer_1(init):
