@@ -3,7 +3,7 @@
 - basics：Linear 不带偏置时与 F.linear 逐位相等、带偏置时差在 fp32 舍入量级；每层方差比 variance_ratio 的理论值
   与实测的激活标准差一致；初始化图的横轴第 0 个点是输入本身。
 - rmsnorm：fp16 输入带离群值时，升到 fp32 的结果误差在 fp16 单位舍入 2⁻¹¹ 以内，naive 的相对误差是 1。
-- rope：YaRN 的 inv_freq 照抄 HF 的运算顺序，factor 不是 2 的幂时逐位相等，而换一种写法会差一个 ulp。
+- rope：YaRN 注释里"换一种除法顺序会差一个 ulp、位置 500 处 ~8e-6 弧度"的数字；最后一对维度的波长。
 - moe：均匀随机路由的 MaxVio / 丢弃槽位（暴力枚举对照）；无辅助损失的偏置更新把默认配置的负载压到随机路由的噪声附近。
 - gpt2：随机初始化的 loss 接近均匀分布的 ln V。
 - 各课的图：x、y 轴都有标签，从第几步开始画有明确的约定。
@@ -109,18 +109,10 @@ def test_fp16_outlier_upcast_error_is_within_fp16_unit_roundoff_and_naive_is_all
 
 
 # ----------------------------------------------------------------------------- rope
-def test_yarn_inv_freq_is_bitwise_hf_where_the_division_order_matters():
-    from transformers import LlamaConfig
-    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
-
-    head_dim, theta, factor = 128, 10000.0, 3.0  # factor 不是 2 的幂：除法有舍入
-    params = {"rope_type": "yarn", "rope_theta": theta, "factor": factor, "original_max_position_embeddings": 64}
-    config = LlamaConfig(hidden_size=head_dim * 2, num_attention_heads=2, max_position_embeddings=256,
-                         rope_parameters=params)
-    ref, _ = ROPE_INIT_FUNCTIONS["yarn"](config, "cpu")
-    ours, _ = rope.compute_inv_freq(head_dim, params, 256)
-    assert torch.equal(ours, ref)
-    # 注释里的数字：两种写法在部分频率上差一个 ulp，位置 500 处是 ~8e-6 弧度
+def test_yarn_division_order_claim_in_the_comment():
+    """yarn_inv_freq 的注释：factor 不是 2 的幂时 (1/b)/factor 与 1/(factor·b) 在部分频率上差一个 ulp，
+    位置 500 处是 ~8e-6 弧度；factor 是 2 的幂时逐位相同。（与 HF 逐位相等由 tests/model_lab/test_rope.py 核对。）"""
+    head_dim, theta, factor = 128, 10000.0, 3.0
     pos_freqs = theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
     a, b = 1.0 / (factor * pos_freqs), 1.0 / pos_freqs / factor
     differ = (a != b).sum().item()
