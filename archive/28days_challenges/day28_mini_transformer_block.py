@@ -223,7 +223,8 @@ PUZZLE_ALLOWED = {
 def demo() -> None:
     C, nh, n_layer, T = (32, 4, 2, 16) if is_smoke() else (128, 4, 6, 64)
     encoder = _encoder(C, nh, n_layer)
-    per_layer = ex6_block_param_count(C, 4 * C)  # = 12C² + 13C：权重 4C² + 8C²，偏置与 LayerNorm 共 13C
+    # 直接写公式而不调用 ex6：练习还没写时演示也要能跑完（ex6 要你推出的就是它：权重 4C² + 8C²，偏置与 LayerNorm 共 13C）
+    per_layer = 12 * C * C + 13 * C
     print(f"{n_layer} 层、C={C}、{nh} 头的编码器：{sum(p.numel() for p in encoder.parameters()):,} 个参数"
           f"（每层 12C² + 13C = {12 * C * C:,} + {13 * C:,} = {per_layer:,}；{n_layer} 层再加最后 LayerNorm 的 2C："
           f"{n_layer * per_layer + 2 * C:,}）")

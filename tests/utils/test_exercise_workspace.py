@@ -236,3 +236,21 @@ def test_28days_selfcheck_shows_the_stub_hint_instead_of_a_whitelist_violation(m
     assert day.run_checks(verbose=True, seeds=(0,))[0] == len(day.CHECKS) - 1
     out = capsys.readouterr().out
     assert "✗ ex1_ones: NotImplementedError: 练习 ex1_ones" in out and "谜题只允许调用" not in out
+
+
+# -----------------------------------------------------------------------------
+# 28 天：挖空之后直接运行那一天，演示不能先崩——学习者要看到的是自检里逐题的 ✗ 与提示
+# -----------------------------------------------------------------------------
+DAYS = sorted(p.relative_to(REPO_ROOT).as_posix() for p in (REPO_ROOT / "archive" / "28days_challenges").glob("day*.py"))
+
+
+@pytest.mark.parametrize("rel", DAYS, ids=[d.split("/")[-1][:5] for d in DAYS])
+def test_28days_demo_runs_with_every_exercise_unwritten(rel, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SMOKE", "1")
+    path = tmp_path / rel.split("/")[-1]
+    path.write_text(ws.make_exercise_source((REPO_ROOT / rel).read_text(encoding="utf-8"), catalog()[rel], rel),
+                    encoding="utf-8")
+    module = load_script(path, name=f"stubbed_{path.stem}")
+    module.demo()  # 不许抛出：演示里用到练习函数的地方要先判断它写了没有
+    passed, total = module.run_checks(verbose=False, seeds=[0])
+    assert total == len(catalog()[rel]) and passed == 0
