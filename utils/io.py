@@ -78,13 +78,14 @@ def atomic_write(path: str | os.PathLike, data: str | bytes, encoding: str = "ut
 def save_figure(fig, name: str | os.PathLike, *, dpi: int = 120, **savefig_kwargs) -> Path:
     """原子地保存一张 matplotlib 图并关闭它（释放内存），返回保存的路径。
 
-    name 是单纯的文件名（如 "rope.png"）时存到 output_path("figures", name)；带目录的路径原样使用。
+    name 是不带目录的字符串文件名（如 "rope.png"）时存到 output_path("figures", name)；Path 对象与带目录的
+    字符串原样使用（Path("stats.png") 就是当前目录下的 stats.png）。
     格式取自后缀（临时文件的后缀是 .tmp，所以显式传 format，否则 matplotlib 会按 .tmp 猜格式而报错）。
     """
     import matplotlib.pyplot as plt  # 延迟导入：utils.io 被处处导入，不该为此付 matplotlib 的导入时间
 
-    name = Path(name)
-    path = output_path("figures", name.name) if name.parent == Path(".") else name
+    bare = isinstance(name, str) and "/" not in name and os.sep not in name
+    path = output_path("figures", name) if bare else Path(name)
     fmt = path.suffix.lstrip(".").lower()
     try:
         if not fmt:

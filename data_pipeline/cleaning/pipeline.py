@@ -65,7 +65,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from utils.io import atomic_path, atomic_write
+from utils.io import atomic_path, atomic_write, save_figure
 
 __all__ = [
     "STEP_BUILDERS", "CleanConfig", "DecisionStep", "DropEmpty", "ExactDedupStep", "GlobalStep", "InputError",
@@ -869,13 +869,11 @@ def plot_stats(stats: dict[str, Any], path: Path) -> Path:
     ax.set_yticks(y, names)
     ax.invert_yaxis()
     ax.set_xlabel("documents")
+    ax.set_ylabel("step (in pipeline order)")
     ax.set_title(f"cleaning: {stats['read']['docs']:,} docs in -> {stats['output']['docs']:,} out")
     ax.legend()
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 def write_stats(stats: dict[str, Any], out: Path) -> list[Path]:

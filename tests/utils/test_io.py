@@ -5,6 +5,8 @@ from __future__ import annotations
 import matplotlib
 
 matplotlib.use("Agg")
+from pathlib import Path
+
 import matplotlib.pyplot as plt
 import pytest
 
@@ -26,9 +28,11 @@ def test_bare_name_goes_under_checkpoints_figures_and_the_figure_is_closed():
     assert not list(path.parent.glob(".unit_test_plot.png.*"))  # 没有留下临时文件
 
 
-def test_explicit_path_and_format_from_suffix(tmp_path):
+def test_explicit_path_and_format_from_suffix(tmp_path, monkeypatch):
     path = save_figure(_fig(), tmp_path / "sub" / "plot.svg")
     assert path == tmp_path / "sub" / "plot.svg" and path.read_text().lstrip().startswith("<?xml")
+    monkeypatch.chdir(tmp_path)  # Path 对象即使没有目录部分也是"当前目录下"，不会被挪进 figures/
+    assert save_figure(_fig(), Path("here.png"), dpi=20) == Path("here.png") and (tmp_path / "here.png").exists()
 
 
 def test_failed_save_leaves_no_file_and_still_closes(tmp_path):
