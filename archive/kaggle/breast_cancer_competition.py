@@ -286,7 +286,7 @@ def run_experiment(n_folds: int = N_FOLDS, mlp_epochs: int = MLP_EPOCHS, gb_iter
     """跑完全流程，写 submission.csv 与 report.md，返回所有数字（测试直接检查它）。
 
     全程单线程：几百行的表，矩阵小到多线程的同步开销大于收益；在核被占满的机器上，
-    HistGradientBoosting 的 OpenMP 线程与 torch 的线程互相抢核，能慢上百倍。"""
+    HistGradientBoosting 的 OpenMP 线程与 torch 的线程互相抢核，会慢很多倍（倍数随负载变化，没有固定值）。"""
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
