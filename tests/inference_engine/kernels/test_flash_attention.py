@@ -243,3 +243,31 @@ def test_low_precision_varlen(dtype):
         ours_err = (a.float() - r).abs().max().item()
         torch_err = (b.float() - r).abs().max().item()
         assert ours_err <= 2 * torch_err + 1e-3, f"{name}: {ours_err:.2e} > 2 × {torch_err:.2e}"
+
+
+# ------------------------------- 练习模式：只有前向 -------------------------------
+# 不调用 backward：前向内核（_flash_fwd_kernel / _fwd_inner）写好、反向还是桩时也能单独判分。
+# 输出对照 SDPA（显式右下对齐掩码），lse 对照自然对数的 logsumexp（一个 key 都看不到的行记为 +inf）。
+
+
+@pytest.mark.parametrize(("h, h_kv, t, s, causal"), [
+    (2, 2, 64, 64, False),   # 两个 Q 块 × 两个 K 块，无掩码循环 + 最后一块
+    (4, 2, 48, 112, True),   # GQA，T < S：偏移 64 大于一个 Q 块
+    (2, 1, 40, 16, True),    # T > S：前 24 行没有 key，输出 0、lse = +inf
+])
+def test_forward_alone_output_and_logsumexp(h, h_kv, t, s, causal):
+    q, k, v, _ = _inputs(1, h, h_kv, t, s, 16)
+    q.requires_grad_(True)  # 只为了让 autograd 保存 lse，不做反向
+    out = flash_attention(q, k, v, causal=causal)
+    lse = out.grad_fn.saved_tensors[4]
+    with torch.no_grad():
+        mask = (torch.arange(s, device=DEV)[None, :] <= torch.arange(t, device=DEV)[:, None] + (s - t) if causal
+                else torch.ones(t, s, dtype=torch.bool, device=DEV))
+        has_key = mask.any(-1)
+        kk, vv = (x.repeat_interleave(h // h_kv, dim=1) for x in (k, v))
+        scores = (q @ kk.transpose(-2, -1) / 4.0).masked_fill(~mask, float("-inf"))  # scale = 1/√16
+        ref = torch.where(has_key[:, None], torch.softmax(scores, -1).nan_to_num(), 0.0) @ vv
+        lse_ref = torch.where(has_key, scores.logsumexp(-1), float("inf"))
+    assert lse.shape == (1, h, t) and lse.dtype == torch.float32
+    torch.testing.assert_close(out.detach(), ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(lse, lse_ref, atol=1e-5, rtol=0)

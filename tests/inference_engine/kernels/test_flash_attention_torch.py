@@ -236,3 +236,26 @@ def test_low_precision_error_within_twice_pytorch_on_gpu(dtype, causal):
         err_ours = (a.float() - r).abs().max().item()
         err_torch = (b.float() - r).abs().max().item()
         assert err_ours <= 2 * err_torch + 1e-3, (err_ours, err_torch)
+
+
+# ---------------------------------------------------------------------------------------------------
+# 练习模式：只做前向（不调用 backward）也能单独判 _flash_forward——输出与 logsumexp 对照显式掩码的参考
+# ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("h_kv,t,s,causal,block_q,block_k", [
+    (4, 64, 64, False, 16, 32),   # MHA，块整除
+    (2, 37, 100, True, 16, 13),   # GQA，T < S 右下对齐，块不整除
+    (1, 30, 12, True, 8, 5),      # MQA，T > S：前 18 个 query 一个 key 都看不到
+])
+def test_forward_alone_output_and_logsumexp_match_reference(h_kv, t, s, causal, block_q, block_k):
+    q, k, v = _qkv(2, 4, h_kv, t, s, 16)
+    out = flash_attention_torch(q, k, v, causal=causal, block_q=block_q, block_k=block_k)
+    mask = _bottom_right_mask(t, s) if causal else torch.ones(t, s, dtype=torch.bool)
+    with torch.no_grad():
+        torch.testing.assert_close(out, _masked_reference(q, k, v, mask), atol=OUT_TOL, rtol=0)
+        scores = q @ k.repeat_interleave(4 // h_kv, dim=1).transpose(-2, -1) / math.sqrt(16)
+        lse_ref = scores.masked_fill(~mask, float("-inf")).logsumexp(dim=-1)  # 空行是 −inf
+    lse = out.grad_fn.saved_tensors[4]
+    assert lse.shape == (2, 4, t) and lse.dtype == torch.float32
+    torch.testing.assert_close(lse, lse_ref, atol=1e-5, rtol=0)

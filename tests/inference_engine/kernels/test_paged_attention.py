@@ -201,3 +201,22 @@ def test_low_precision_within_twice_torch_error_on_gpu(dtype, q_lens, ctx_lens):
     ours_err = (paged_attention(**batch).float() - exact).abs().max().item()
     torch_err = (gather_reference(**batch).float() - exact).abs().max().item()
     assert ours_err <= 2 * torch_err + 1e-3, (ours_err, torch_err)
+
+
+# ---------------------------------------------------------------------------------------------------
+# 练习模式：模块自带的 gather-then-attend 参考（paged_attention_reference）对照上面逐个位置查页表的 gather_reference
+# ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("q_lens,ctx_lens,h,h_kv,d,block_size", [
+    ([1, 1, 1], [1, 7, 33], 4, 2, 16, 16),   # 解码，GQA，块打乱
+    ([3, 1, 5], [10, 1, 21], 4, 4, 16, 4),   # 分块预填充，MHA，小块
+    ([2, 1], [9, 14], 6, 2, 12, 5),          # head_dim 12、block_size 5（都不是 2 的幂）
+])
+def test_module_reference_matches_position_by_position_gather(q_lens, ctx_lens, h, h_kv, d, block_size):
+    from inference_engine.kernels.paged_attention import paged_attention_reference
+
+    batch = make_batch(q_lens, ctx_lens, h=h, h_kv=h_kv, d=d, block_size=block_size, seed=6)
+    ours = paged_attention_reference(**batch, scale=0.3)
+    assert ours.shape == batch["q"].shape and ours.dtype == batch["q"].dtype
+    torch.testing.assert_close(ours, gather_reference(**batch, scale=0.3), **TOL)
