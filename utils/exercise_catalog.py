@@ -836,6 +836,7 @@ NOT_EXERCISES: dict[str, str] = {
     "inference_engine/kernels/runtime.py": "Triton 解释器的开关与张量检查（胶水）",
     "inference_engine/kernels/ops.py": "把 kernel 包成 torch.library 自定义算子的注册（胶水）",
     "inference_engine/backends.py": "把 kernel 注册成模型后端的接线（胶水）",
+    "inference_engine/kernels/cuda_kernels.py": "CUDA C 的课在 cuda/*.cu 里（练习模式只挖空 Python 函数）；本文件是 nvcc / load_inline 的构建胶水与输入检查",
     "model_lab/attention_backends.py": "注意力后端的注册表（胶水）",
     "model_lab/kernel_backends.py": "kernel 后端的注册表（胶水）",
     "training_sys/distributed/launch.py": "torchrun / spawn 的启动胶水",
