@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["bits_per_byte", "evaluate", "unigram_log_probs", "unigram_loss", "uniform_loss"]
+__all__ = ["bits_per_byte", "evaluate", "loss_baselines", "unigram_log_probs", "unigram_loss", "uniform_loss"]
 
 
 def bits_per_byte(loss_nats: float, bytes_per_token: float) -> float:
@@ -53,6 +53,14 @@ def unigram_loss(train: np.ndarray, targets: np.ndarray, vocab_size: int) -> flo
     if targets.size == 0:
         raise ValueError("targets 为空：至少要有一个 token 才能算交叉熵")
     return float(-unigram_log_probs(train, vocab_size)[targets].mean())
+
+
+def loss_baselines(train: np.ndarray, val: np.ndarray, vocab_size: int) -> dict[str, float]:
+    """两条不用训练的基线在整个验证集上的交叉熵（nats/token）：均匀分布 ln V，与用训练集频率估出的 unigram。
+
+    训练循环在开头打印它们、结尾把 val loss 放在它们旁边：比 unigram 低多少，才是模型从上下文里学到的。
+    """
+    return {"uniform": uniform_loss(vocab_size), "unigram": unigram_loss(train, val, vocab_size)}
 
 
 @torch.no_grad()

@@ -48,7 +48,7 @@ import torch
 from training_sys.checkpoint import latest_checkpoint, sha256_file
 from training_sys.pipeline import Pipeline, StageInterrupted, digest
 from training_sys.pretrain import TrainConfig, read_metrics
-from training_sys.speedrun_report import render_report
+from training_sys.speedrun_report import expected_range, render_report
 from utils.io import atomic_path, atomic_write, checkpoints_dir, is_smoke
 from utils.lesson_cli import lesson_args
 
@@ -75,8 +75,9 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     # 在空闲的 2 核 CPU 上量出来的：4 层 128 维、词表 2048 时每步 2048 个 token，约 15k token/s（≈ 0.14 s/步）。
-    # 1500 步 ≈ 300 万 token ≈ 莎士比亚训练集的 1.7 遍，空闲机器上全程约 4 分钟，离 10 分钟的上限留出一倍多的余量
-    # （机器被别的进程占满时每步会慢 2–4 倍）。
+    # 1500 步 ≈ 307 万 token ≈ 莎士比亚训练集（156 万 token）的 2 遍，空闲机器上全程约 4 分钟，离 10 分钟的上限留出一倍多的余量
+    # （机器被别的进程占满时每步会慢 2–4 倍：benchmarks/RESULTS.md 记的一次是负载 1–2 时 9.7k token/s、全程 342 s，
+    # 与 7 个任务共用时 2.6k token/s、全程 20 分钟）。val loss 的实测范围见 speedrun_report.MEASURED_RANGES。
     "cpu": Preset(
         "CPU：4 层、128 维、block 128 的 Llama（约 1.3M 参数），1500 步，2 核 CPU 上全程 10 分钟以内",
         dict(n_layer=4, n_head=4, n_embd=128, block_size=128, batch_size=16, max_iters=1500, lr=3e-3, min_lr=3e-4,
@@ -102,8 +103,9 @@ PRESETS: dict[str, Preset] = {
 def auto_vocab_size(n_bytes: int) -> int:
     """按语料大小定词表：约每 2000 字节文本一个词表项，取最近的 2 的幂，限制在 [512, 32768]。
 
-    为什么不是越大越好：词表项 = 嵌入与 lm_head 的一行。1M 参数量级的小模型在 CPU 上，
-    V=4096 时 lm_head 的计算比整个 Transformer 主干还多，而语料小时罕见的合并只出现几次、学不好。
+    为什么不是越大越好：词表项 = 嵌入与 lm_head 的一行。1M 参数量级的小模型在 CPU 上（cpu 预设：4 层 128 维，
+    主干的矩阵 79 万个权重），V=4096 时 lm_head 的矩阵乘已是主干的 2/3（52 万个权重），V=8192 就超过整个主干；
+    而语料小时罕见的合并只出现几次、学不好。
     莎士比亚 4.8 MB → 2048（约 2.8 字节/token）；TinyStories 19 MB → 8192；SMOKE 的 200 KB → 512。
     """
     return int(min(32768, max(512, 2 ** round(math.log2(max(n_bytes, 1) / 2000)))))
@@ -331,7 +333,8 @@ def stage_eval(pipe: Pipeline, preset: Preset, shards: dict[str, Any], export: d
                           preset.eval_tokens, tok.decode_bytes)
         path = atomic_write(pipe.run_dir / "eval.json", json.dumps(result, indent=2) + "\n")
         print(f"[eval] val loss {result['model_loss']:.4f} nats/token = {result['model_bpb']:.4f} bits/byte | "
-              f"unigram 基线 {result['unigram_loss']:.4f} = {result['unigram_bpb']:.4f} bits/byte")
+              f"unigram 基线 {result['unigram_loss']:.4f} = {result['unigram_bpb']:.4f} bits/byte | "
+              f"均匀分布 ln V = {result['uniform_loss']:.4f}")
         return [path], result
 
     return pipe.stage("eval", inputs, run)
@@ -494,7 +497,9 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2) from None
     ev = records["eval"]["result"]
     print(f"\n全程 {time.perf_counter() - t0:.1f} s | val loss {ev['model_loss']:.4f} | val bits/byte {ev['model_bpb']:.4f}"
-          f"（unigram 基线 {ev['unigram_bpb']:.4f}）")
+          f"（均匀分布 {ev['uniform_bpb']:.4f}，unigram 基线 {ev['unigram_bpb']:.4f}）")
+    print(expected_range(opts.corpus_label, opts.preset, records["tokenizer"]["result"]["vocab_size"],
+                         records["train"]["result"]["step"], ev["model_loss"]).strip())
     print(f"模型目录：{records['export']['result']['dir']}")
     print(f"报告：{records['report']['result']['path']}")
 

@@ -16,7 +16,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["REPORT_TEMPLATE", "STAGE_TITLES", "compare_to_unigram", "render_report", "report_fields"]
+__all__ = ["MEASURED_RANGES", "REPORT_TEMPLATE", "STAGE_TITLES", "compare_to_unigram", "expected_range", "render_report",
+           "report_fields"]
 
 # 流水线每个阶段在报告里的名字；顺序与 training_sys.speedrun.STAGES 相同（测试核对）
 STAGE_TITLES = {
@@ -29,6 +30,14 @@ STAGE_TITLES = {
     "eval": "评估（含 unigram 基线）",
     "samples": "样例 + transformers 逐 token 对照",
     "report": "报告",
+}
+
+# 实测的参考范围（评估阶段的 val loss，nats/token 与 bits/byte）。键 = (语料, 预设, 词表大小, 训练步数)：只有这几项
+# 都与实测时相同，范围才有意义（--max-iters、--vocab-size、换语料都会改变结果）。数字来自真跑出来的 eval.json。
+MEASURED_RANGES: dict[tuple[str, str, int, int], tuple[float, float, float, float, str]] = {
+    ("shakespeare", "cpu", 2048, 1500): (3.91, 3.94, 2.06, 2.07,
+                                         "两次完整运行实测 3.913 与 3.936，前者记在 benchmarks/RESULTS.md 的 training_speedrun 段"),
+    ("shakespeare", "smoke", 512, 20): (5.67, 5.67, 3.98, 3.98, "SMOKE=1 的实测，只训练 20 步、还不如 unigram"),
 }
 
 REPORT_TEMPLATE = """\
@@ -66,7 +75,7 @@ REPORT_TEMPLATE = """\
 
 ![loss](loss.png)
 
-训练结束时（{eval_iters} 个随机 batch 的估计）：train loss {final_train_loss:.4f}，val loss {final_val_loss:.4f}。
+训练结束时（{eval_iters} 个随机 batch 的估计）：train loss {final_train_loss:.4f}，val loss {final_val_loss:.4f}（什么都没学的均匀分布是 ln V = {uniform_loss:.4f}；unigram 基线见下面的评估表）。
 
 ## 用起来
 
@@ -88,7 +97,7 @@ print(tok.decode(model.generate(ids, max_new_tokens=50, do_sample=False)[0]))
 | unigram 基线（只看 token 频率） | {unigram_loss:.4f} | {unigram_perplexity:,.1f} | {unigram_bpb:.4f} |
 | **我们的 Llama** | **{model_loss:.4f}** | **{perplexity:,.1f}** | **{model_bpb:.4f}** |
 
-{unigram_comparison}
+{unigram_comparison}{expected_range}
 
 ## 样例
 
@@ -134,6 +143,20 @@ def compare_to_unigram(ev: Mapping[str, Any]) -> str:
             "（SMOKE 的规模就是这样；正常预设会远低于基线）。")
 
 
+def expected_range(corpus_label: str, preset: str, vocab_size: int, steps: int, model_loss: float) -> str:
+    """评估表下的第二句：这组配置实测的 val loss 范围（有记录时），以及本次落在范围的哪里。"""
+    key = (corpus_label, preset, vocab_size, steps)
+    if key not in MEASURED_RANGES:
+        return (f"\n\n（语料 {corpus_label}、预设 {preset}、词表 {vocab_size}、{steps} 步这组配置没有实测的参考范围——"
+                "范围只为默认的 `make run` 与 SMOKE 记了；拿上面两条基线对照。）")
+    lo, hi, bpb_lo, bpb_hi, source = MEASURED_RANGES[key]
+    where = "在范围内" if lo - 0.02 <= model_loss <= hi + 0.02 else "在范围外：机器、torch 版本或代码变了？"
+    span = f"{lo:.2f}" if lo == hi else f"{lo:.2f}–{hi:.2f}"
+    bpb = f"{bpb_lo:.2f}" if bpb_lo == bpb_hi else f"{bpb_lo:.2f}–{bpb_hi:.2f}"
+    return (f"\n\n这组配置（{corpus_label}、预设 {preset}、词表 {vocab_size}、{steps} 步）实测 val loss 约 {span} nats/token"
+            f"（{bpb} bits/byte；{source}）；本次 {model_loss:.4f}，{where}。")
+
+
 def report_fields(run_name: str, corpus_label: str, preset: str, preset_description: str,
                   records: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """REPORT_TEMPLATE 的全部字段。records = {阶段名: 指纹记录}，按流水线顺序（报告阶段本身不在其中）。
@@ -177,6 +200,7 @@ def report_fields(run_name: str, corpus_label: str, preset: str, preset_descript
                               "model_loss", "perplexity", "model_bpb")},
         "uniform_perplexity": math.exp(ev["uniform_loss"]),
         "unigram_comparison": compare_to_unigram(ev),
+        "expected_range": expected_range(corpus_label, preset, tok["vocab_size"], trained["step"], ev["model_loss"]),
         "sample_tokens": samples[0]["new_tokens"] if samples else 0,
         "samples": "\n".join(sample_blocks),
     }
