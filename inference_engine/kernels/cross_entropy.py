@@ -338,7 +338,7 @@ def _max_err(a: Tensor, b: Tensor) -> float:
 
 
 def _check(name: str, err: float, tol: float) -> None:
-    print(f"  {name:<34} 最大误差 {err:.2e}")
+    print(f"  {name:<34} 最大误差 {err:.2e}（容差 {tol:.0e}）")
     if not err <= tol:
         raise AssertionError(f"{name} 与 PyTorch 参考相差 {err:.2e} > {tol:g}")
 

@@ -371,7 +371,7 @@ def main() -> None:
         ref = paged_attention_reference(**data)
         err = (ours - ref).abs().max().item()
         print(f"  {name:<14} Lq={q_lens} Lk={ctx_lens} H={h} H_kv={h_kv} D={d} block_size={bs}："
-              f"max|ours − gather+SDPA| = {err:.1e}")
+              f"max|ours − gather+SDPA| = {err:.1e}（容差 1e-5）")
         if err > 1e-5:
             raise SystemExit(f"分页注意力与 gather+SDPA 参考不一致（{name}）")
     if INTERPRET:

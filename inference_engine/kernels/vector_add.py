@@ -77,7 +77,7 @@ def add(x: Tensor, y: Tensor) -> Tensor:
 def main() -> None:
     setup_seed()
     mode = "Triton 解释器（CPU，只验证正确性）" if INTERPRET else f"GPU：{torch.cuda.get_device_name()}"
-    print(f"向量加法 out = x + y —— {mode}")
+    print(f"向量加法 out = x + y —— {mode}（要求与 torch 逐位相同 = 0；解释器里的 bf16 例外，允许 1 ulp）")
     # 长度故意取非 BLOCK 倍数：最后一个 program 只有一部分下标有效，mask 必须起作用
     sizes = [1, 1000, 4097] if (is_smoke() or INTERPRET) else [1000, 98_433, 1 << 20, 1 << 24]
     for n in sizes:
