@@ -55,7 +55,7 @@ from inference_engine.quantization._groupwise import (
     rtn_groupwise,
 )
 from inference_engine.quantization.basics import sqnr
-from utils.io import atomic_path, is_smoke, output_path
+from utils.io import is_smoke, output_path, save_figure
 from utils.lesson_cli import lesson_args
 from utils.torch_playground import setup_seed
 
@@ -247,9 +247,7 @@ def _plot(search: AWQSearch, rtn_loss: float, path) -> None:
            title="AWQ scale search, 10% channels with 10× activations")
     ax.legend()
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def main() -> None:
@@ -278,6 +276,8 @@ def main() -> None:
                 print(f"{label + alpha:<22}{bits:>3}{sqnr(ref, out):>14.2f}{rel:>14.3f}{seconds:>7.2f}")
             if bits == 4:
                 searched = AWQLinear.from_float(linear, calib_inputs=x_cal, bits=bits, clip=False).search
+    print("基线是 RTN（α = 0、不截断）；在这个 10% 通道激活大 10 倍的层上，默认配置实测 AWQ 缩放 + 截断把 4 位的输出误差"
+          "降到 RTN 的 0.80（+1.0 dB）、3 位 0.80（+1.0 dB）；SMOKE 配置 0.79 / 0.78")
     path = output_path("figures", "awq_alpha_search.png")
     _plot(searched, searched.losses[0], path)
     print(f"图：{path}")

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from inference_engine.quantization.basics import sqnr
+from inference_engine.quantization.basics import rtn_noise_sqnr, sqnr
 from utils.io import is_smoke
 from utils.lesson_cli import lesson_args, timing_note
 
@@ -266,14 +266,18 @@ def main() -> None:
     with torch.no_grad():
         y_ref = linear(x)
     print(f"Linear {k}→{n}，N(0, 0.02²) 权重，int4 RTN（tinygemm 约定，bf16 的 s、z）：")
-    print(f"{'group':>6}{'位/权重':>10}{'权重 SQNR':>12}{'输出 SQNR':>12}")
+    print(f"{'group':>6}{'位/权重':>10}{'权重 SQNR':>12}{'输出 SQNR':>12}{'预测':>10}")
     for g in (32, 64, 128):
         layer = Int4WeightOnlyLinear.from_float(linear, group_size=g)
         with torch.no_grad():
             y = layer(x)
         bits = 4 + 2 * 16 / g
-        print(f"{g:>6}{bits:>10.3f}{sqnr(linear.weight, layer.dequantize()):>11.2f} {sqnr(y_ref, y):>11.2f}")
-    print("（4 位均匀量化的理论值约 20 dB；组越小 amax 越接近 σ 的常数倍，SQNR 越高，但每权重的位数越多）")
+        predicted = rtn_noise_sqnr(linear.weight.detach(), layer.scales.float())
+        print(f"{g:>6}{bits:>10.3f}{sqnr(linear.weight, layer.dequantize()):>11.2f} {sqnr(y_ref, y):>11.2f}"
+              f"{predicted:>10.2f}")
+    print("（预测 = basics.rtn_noise_sqnr：误差在 [−s/2, s/2] 上均匀、只由各组步长 s = (max − min)/15 算出。"
+          "组越小，组内的 max − min 越接近 σ 的小倍数（32 个高斯约 4.1σ、128 个约 5.2σ），SQNR 越高，但每权重的位数越多；"
+          "默认配置 4096×4096 的权重 SQNR 实测 g32/g64/g128 = 22.1/20.9/20.0 dB）")
     if not _has_int4_kernel():
         print("这个 torch 没有 _weight_int4pack_mm_for_cpu：只能走可读路径")
         return

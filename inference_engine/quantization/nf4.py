@@ -14,7 +14,7 @@
 码的熵达到上限 k 位——这是 QLoRA 说的"信息论意义上最优"：对正态数据，每个码承载的信息最多。
 （注意它不是"均方误差最小"：那是 Lloyd–Max 量化器；等概率的码在尾部放得偏稀，但它与数据无关、只依赖分布形状，
 而且实测 SQNR 已经超过同样元数据的 int4，见 main()。实际的占用也不是完全平的：码本的 ±1 对应 ±1.85σ，而 64 个正态数的
-最大绝对值平均约 2.4σ，除以 absmax 后分布比码本假设的窄，中间的码用得多一些——熵约 3.88 位，对称 int4 约 3.59 位。）
+最大绝对值平均约 2.6σ，除以 absmax 后分布比码本假设的窄，中间的码用得多一些——熵约 3.88 位，对称 int4 约 3.59 位。）
 
 ## 2. 码本的推导（QLoRA 附录；bitsandbytes.functional.create_normal_map）
 
@@ -278,25 +278,29 @@ def code_entropy_bits(codes: Tensor, n_codes: int) -> float:
     return float(-(p * p.log2()).sum())
 
 
-def _plot_occupancy(nf4_codes: Tensor, int4_codes: Tensor, path) -> None:
+def occupancy_figure(nf4_codes: Tensor, int4_codes: Tensor):
+    """两种 4 位码各自被用到的比例（柱状图，虚线是等概率的 1/16）。返回 Figure。"""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from utils.io import atomic_path
-
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharey=True)
     for ax, (name, codes) in zip(axes, [("NF4 (quantile codes)", nf4_codes), ("int4 RTN, symmetric absmax", int4_codes)]):
         counts = torch.bincount(codes.reshape(-1).long(), minlength=16).double()
         ax.bar(range(16), (counts / counts.sum()).numpy())
-        ax.axhline(1 / 16, color="gray", ls="--", lw=0.8)
-        ax.set(xlabel="code", title=f"{name}: entropy {code_entropy_bits(codes, 16):.2f} bits")
-    axes[0].set_ylabel("fraction of weights (Gaussian, block 64)")
+        ax.axhline(1 / 16, color="gray", ls="--", lw=0.8, label="uniform use 1/16")
+        ax.set(xlabel="4-bit code (0–15)", ylabel="fraction of weights (Gaussian, block 64)",
+               title=f"{name}: entropy {code_entropy_bits(codes, 16):.2f} bits")
+        ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    return fig
+
+
+def _plot_occupancy(nf4_codes: Tensor, int4_codes: Tensor, path) -> None:
+    from utils.io import save_figure
+
+    save_figure(occupancy_figure(nf4_codes, int4_codes), path, dpi=110)
 
 
 def main() -> None:
