@@ -251,3 +251,37 @@ def test_replay_rejects_an_order_that_would_deadlock():
     with pytest.raises(ValueError, match="死锁"):
         replay_timeline([[("B", 0), ("F", 0)], [("F", 0), ("B", 0)]])
 
+
+
+# ---- 追加（练习模式）：replay_timeline / bubble_fraction 的单进程检查——教科书里的两种调度顺序，不起进程 ----
+
+
+def _textbook_orders(p: int, m: int) -> dict[str, list[list[tuple[str, int]]]]:
+    """按定义写出每段的事件顺序：GPipe 全前向再全反向；1F1B 预热 w = min(p-s-1, m) 个前向、稳态一前一后、冷却。"""
+    gpipe = [[("F", k) for k in range(m)] + [("B", k) for k in range(m)] for _ in range(p)]
+    one_f_one_b = []
+    for s in range(p):
+        w = min(p - s - 1, m)
+        events = [("F", k) for k in range(w)]
+        for j in range(m - w):
+            events += [("F", w + j), ("B", j)]
+        one_f_one_b.append(events + [("B", k) for k in range(m - w, m)])
+    return {"gpipe": gpipe, "1f1b": one_f_one_b}
+
+
+def test_replay_of_textbook_schedules_gives_the_bubble_formula():
+    # p = 2、m = 2 的 1F1B，t_f = 1、t_b = 2，逐格手算：阶段 1 的 F1 要等它自己的 B0 做完（4），
+    # 阶段 0 的 B1 要等阶段 1 的 B1（7）——总时长 (m+p-1)(t_f+t_b) = 9
+    timeline = replay_timeline(_textbook_orders(2, 2)["1f1b"])
+    assert timeline == [[("F", 0, 0.0, 1.0), ("F", 1, 1.0, 2.0), ("B", 0, 4.0, 6.0), ("B", 1, 7.0, 9.0)],
+                        [("F", 0, 1.0, 2.0), ("B", 0, 2.0, 4.0), ("F", 1, 4.0, 5.0), ("B", 1, 5.0, 7.0)]]
+    assert bubble_fraction(timeline) == pytest.approx(1 - 12 / (2 * 9))
+    # 一般情形：两种调度的总时长都是 (m+p-1)(t_f+t_b)，气泡都是 (p-1)/(m+p-1)，与 t_b/t_f 无关（m < p 时也成立）
+    for p, m in [(2, 1), (3, 5), (4, 2), (4, 8)]:
+        for t_b in (1.0, 2.0, 3.0):
+            for name, orders in _textbook_orders(p, m).items():
+                timeline = replay_timeline(orders, 1.0, t_b)
+                assert max(ev[3] for stage in timeline for ev in stage) == (m + p - 1) * (1.0 + t_b), (name, p, m)
+                assert bubble_fraction(timeline) == pytest.approx((p - 1) / (m + p - 1)), (name, p, m, t_b)
+    with pytest.raises(ValueError, match="未知的事件"):
+        replay_timeline([[("X", 0)]])
