@@ -19,7 +19,7 @@ from _common import machine_info, update_results
 from training_sys.distributed import spawn
 from training_sys.distributed.fsdp import FSDPStrategy
 from training_sys.distributed.zero import ZeroStrategy, held_bytes
-from utils.io import atomic_path, is_smoke, output_path
+from utils.io import is_smoke, save_figure
 from utils.torch_playground import setup_seed
 
 SMOKE = is_smoke()
@@ -114,10 +114,7 @@ def _figure(rows: dict[str, dict[str, int]]) -> None:
     ax.set(ylabel="MiB per rank", title=f"measured memory per rank (Ψ = {psi:,}, N = {WORLD}, fp32 AdamW)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path = output_path("figures", "distributed_memory.png")
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    path = save_figure(fig, "distributed_memory.png", dpi=120)
     print(f"图已保存：{path}")
 
 

@@ -32,7 +32,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from _common import machine_info, update_results
 
-from utils.io import atomic_path, is_smoke, output_path
+from utils.io import is_smoke, save_figure
 
 SMOKE = is_smoke()
 REPS, WARMUP = (2, 1) if SMOKE else (9, 2)
@@ -368,10 +368,7 @@ def _figure(tp: dict, pp: dict, cp: dict, bubbles: dict[str, float], formula: fl
                        + f"; formula (p-1)/(m+p-1) = {formula:.0%}", fontsize=8)
     fig.suptitle("2 gloo processes, 1 thread each (CPU)", fontsize=9)
     fig.tight_layout()
-    path = output_path("figures", "distributed_parallel.png")
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    path = save_figure(fig, "distributed_parallel.png", dpi=110)
     print(f"图已保存：{path}")
 
 
