@@ -286,3 +286,58 @@ def test_cli_prints_a_row_for_every_scheme_and_writes_loadable_directories(tmp_p
     assert (out / "gptq" / "tokenizer.json").is_file() and len(quantized_modules(back)) == 14
     with pytest.raises(SystemExit, match="错误：.*没有 config.json"):
         cli_main([str(tmp_path / "empty"), "--text", str(text)])
+
+
+# ---------------------------------------------------------------------------------------------------
+# 练习模式（utils/exercise_parts/quantization.py）用的专项测试：校准激活的收集与独立记下的输入逐位相同
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_collect_layer_inputs_equals_what_each_layer_sees():
+    model = tiny_llama()
+    calib = torch.randint(0, 256, (5, 16), generator=torch.Generator().manual_seed(2))  # batch_size=2：3 批，最后一批 1 条
+    names = ["model.layers.1.self_attn.q_proj", "model.layers.1.self_attn.v_proj", "model.layers.0.mlp.down_proj",
+             "model.layers.1.mlp.up_proj"]
+    targets = select_linears(model, names)
+    got = collect_layer_inputs(model, targets, calib, batch_size=2)
+    assert list(got) == names and all(not m._forward_pre_hooks for m in targets.values())  # hook 用完就摘掉
+    assert got[names[0]] is got[names[1]]  # q/v 吃同一个张量：只存一份、只拼一次
+
+    # 参照：再按同样的分批跑一遍，用最普通的 hook 记下：q/v 的输入 = input_layernorm 的输出，up 的输入 =
+    # post_attention_layernorm 的输出，down_proj 的输入直接在它身上记
+    layers, seen = model.model.layers, {n: [] for n in names}
+    hooks = [layers[1].input_layernorm.register_forward_hook(lambda m, a, out: seen[names[0]].append(out)),
+             layers[0].mlp.down_proj.register_forward_pre_hook(lambda m, a: seen[names[2]].append(a[0])),
+             layers[1].post_attention_layernorm.register_forward_hook(lambda m, a, out: seen[names[3]].append(out))]
+    with torch.no_grad():
+        for chunk in calib.split(2):
+            model(chunk)
+    for h in hooks:
+        h.remove()
+    seen[names[1]] = seen[names[0]]
+    for name in names:
+        want = torch.cat([x.reshape(-1, x.shape[-1]) for x in seen[name]])
+        assert got[name].shape == (80, targets[name].in_features) and torch.equal(got[name], want), name
+
+    # stop_early：所有目标都拿到输入后截断前向——最后的 norm 与 lm_head 一次也不算，收集到的输入不变
+    calls = []
+    hook = model.model.norm.register_forward_hook(lambda m, a, out: calls.append(1))
+    early = collect_layer_inputs(model, targets, calib, batch_size=2, stop_early=True)
+    hook.remove()
+    assert not calls and all(torch.equal(early[n], got[n]) for n in names)
+
+
+def test_as_linear_turns_conv1d_into_the_same_function():
+    conv = apply._conv1d_type()(24, 40)  # GPT-2 的 Conv1D：weight (in, out)，y = x @ W + b
+    with torch.no_grad():
+        conv.weight.normal_(generator=torch.Generator().manual_seed(3))
+        conv.bias.normal_(generator=torch.Generator().manual_seed(4))
+    lin = apply._as_linear(conv)
+    assert type(lin) is nn.Linear and (lin.in_features, lin.out_features) == (24, 40)
+    assert lin.weight.shape == (40, 24) and lin.weight.is_contiguous() and not lin.weight.requires_grad
+    assert torch.equal(lin.weight, conv.weight.t()) and torch.equal(lin.bias, conv.bias)
+    x = torch.randn(3, 5, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(lin(x), conv(x), rtol=1e-6, atol=1e-6)
+    plain = nn.Linear(8, 4)
+    assert apply._as_linear(plain) is plain  # nn.Linear 原样返回

@@ -148,3 +148,21 @@ def test_cuda_layer_matches_cpu():
     assert gpu.search.alpha == cpu.search.alpha
     assert torch.allclose(gpu.input_scale.cpu(), cpu.input_scale, rtol=1e-5)
     assert (gpu.codes().cpu() == cpu.codes()).float().mean() > 0.999
+
+
+# ---------------------------------------------------------------------------------------------------
+# 练习模式（utils/exercise_parts/quantization.py）用的专项测试：fake_quantize = 逐组 RTN 再反量化（可选先截断）
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_fake_quantize_is_rtn_then_dequantize_with_optional_clip():
+    w = torch.randn(12, 64, generator=_gen(11))
+    for bits, gs in ((4, 32), (3, 64), (8, 16)):
+        codes, s, z = rtn_groupwise(w, bits, gs)
+        out = fake_quantize(w, bits, gs)
+        assert out.dtype == torch.float64 and out.shape == (12, 64)
+        assert torch.equal(out, dequantize_groupwise(codes, s, z, gs, torch.float64))
+    max_val = w.reshape(12, 2, 32).abs().amax(-1) * 0.7                 # 每组截到 70% 的最大幅度
+    m = max_val.repeat_interleave(32, dim=1)
+    codes, s, z = rtn_groupwise(torch.maximum(torch.minimum(w, m), -m), 4, 32)
+    assert torch.equal(fake_quantize(w, 4, 32, max_val), dequantize_groupwise(codes, s, z, 32, torch.float64))

@@ -257,3 +257,58 @@ def test_cuda_layer_matches_cpu():
     with torch.no_grad():
         ref = lin(x.cuda()).cpu()
         assert abs(sqnr(ref, gpu(x.cuda()).cpu()) - sqnr(ref, cpu.cuda()(x.cuda()).cpu())) < 0.1
+
+
+# ---------------------------------------------------------------------------------------------------
+# 练习模式（utils/exercise_parts/quantization.py）用的专项测试：Hessian、H⁻¹ 的 Cholesky 因子、RTN 网格与 torchao 对照
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_hessian_is_two_xtx_over_n_accumulated_over_batches():
+    # 缩放 H 不改变 GPTQ 的码（阻尼按 mean(diag H) 取），所以 2/N 与 float64 累加要单独核对
+    from inference_engine.quantization.gptq import hessian_from_calibration
+
+    x = torch.randn(3, 50, 16, generator=_gen(12))                       # (B, T, in)：按 token 展平
+    flat = x.reshape(-1, 16)
+    expected = 2.0 * flat.double().T @ flat.double() / flat.shape[0]
+    for calib in (x, [flat[:7], flat[7:100], flat[100:]]):               # 一个张量，或不等长的一串批
+        h, n = hessian_from_calibration(calib, 16)
+        assert n == 150 and h.dtype == torch.float64 and h.shape == (16, 16)
+        torch.testing.assert_close(h, expected, rtol=1e-12, atol=1e-12)  # fp32 累加会差 ~1e-7
+
+
+def test_inverse_hessian_cholesky_is_the_upper_factor_of_the_damped_inverse():
+    from inference_engine.quantization.gptq import _inverse_hessian_cholesky
+
+    h = _correlated_hessian(32, seed=13)
+    before = h.clone()
+    u, damp = _inverse_hessian_cholesky(h, 0.05)
+    assert damp == pytest.approx(0.05 * h.diagonal().mean().item(), rel=1e-12)
+    assert torch.equal(h, before)                                        # 不原地改调用者的 H
+    assert u.dtype == torch.float64 and torch.equal(u, u.triu()) and (u.diagonal() > 0).all()
+    h_damp = h + damp * torch.eye(32, dtype=torch.float64)
+    inv = torch.linalg.inv(h_damp)
+    torch.testing.assert_close(u.T @ u, inv, rtol=1e-9, atol=1e-9 * inv.abs().max().item())
+    with pytest.raises(ValueError, match="percdamp"):
+        _inverse_hessian_cholesky(-torch.eye(8, dtype=torch.float64), 0.0)
+
+
+def test_rtn_groupwise_qparams_equal_torchao_asymmetric_and_codes_follow_the_formula():
+    qp = pytest.importorskip("torchao.quantization.quant_primitives")
+    w = torch.randn(24, 128, generator=_gen(11), dtype=torch.float64)
+    w[2, 32:64] = w[2, 32:64].abs() + 0.5                                # 全正的一组：区间仍要把 0 包进来
+    w[5, :32] = -w[5, :32].abs() - 0.5                                   # 全负的一组
+    for bits, gs in [(4, 32), (3, 64), (8, 128)]:
+        maxq = 2**bits - 1
+        codes, s, z = rtn_groupwise(w, bits, gs)
+        # torchao 的整数零点非对称约定：s = (max⁺ − min⁻)/(q_max − q_min)，z = q_min − round(min⁻/s)
+        s_ref, z_ref = qp.choose_qparams_affine(w, qp.MappingType.ASYMMETRIC, (1, gs), torch.uint8, 0, maxq,
+                                                eps=torch.finfo(torch.float64).eps, scale_dtype=torch.float64,
+                                                zero_point_dtype=torch.int32)
+        s_ref, z_ref = s_ref.reshape(24, -1), z_ref.reshape(24, -1).double()
+        assert s.dtype == torch.float64 and torch.equal(s, s_ref) and torch.equal(z, z_ref)
+        wg = w.reshape(24, -1, gs)
+        q_ref = torch.clamp(torch.round(wg / s_ref[..., None]) + z_ref[..., None], 0, maxq).reshape(24, 128)
+        assert codes.dtype == torch.uint8 and torch.equal(codes.double(), q_ref)
+        w_hat = (s_ref[..., None] * (q_ref.reshape(24, -1, gs) - z_ref[..., None])).reshape(24, 128)
+        assert torch.equal(dequantize_groupwise(codes, s, z, gs, torch.float64), w_hat)
