@@ -126,3 +126,24 @@ def test_bad_arguments_raise_clear_errors(kwargs, match):
 def test_wrong_logits_shape():
     with pytest.raises(ValueError, match=r"\(B, V\)"):
         sample_next_token(torch.randn(2, 3, 10))
+
+
+# ---------------------------------------------------------------------------
+# 练习模式（utils/exercise_parts/model_lab.py）：左 padding 批量生成的位置编号，手算对照
+# ---------------------------------------------------------------------------
+def test_generation_position_ids_count_from_the_first_real_token():
+    from model_lab.generation import generation_position_ids
+
+    cpu = torch.device("cpu")
+    assert generation_position_ids(None, 4, cpu).tolist() == [[0, 1, 2, 3]]  # 没有 padding：(1, T) 的 0..T-1
+    mask = torch.tensor([[0, 0, 1, 1, 1],
+                         [1, 1, 1, 1, 1],
+                         [0, 0, 0, 0, 1]])
+    pos = generation_position_ids(mask, 5, cpu)
+    # 真实 token 从 0 数起（HF generate 的 cumsum(mask) - 1）；padding 位置谁也看不见，取 0
+    assert pos.tolist() == [[0, 0, 0, 1, 2],
+                            [0, 1, 2, 3, 4],
+                            [0, 0, 0, 0, 0]]
+    # 生成几步之后 mask 在右边补 1：位置接着数，不受左边 padding 个数的影响
+    grown = torch.cat([mask, torch.ones(3, 2, dtype=torch.long)], dim=1)
+    assert generation_position_ids(grown, 7, cpu)[:, -2:].tolist() == [[3, 4], [5, 6], [1, 2]]

@@ -416,3 +416,38 @@ def test_runs_as_module_with_smoke(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "与 HF generate 一致：True" in proc.stdout
     assert (tmp_path / "figures" / "gpt2_kv_cache.png").is_file()
+
+
+# ---------------------------------------------------------------------------
+# 练习模式（utils/exercise_parts/model_lab.py）：零件单独对照 HF，挖空后失败的位置一眼看得出来
+# ---------------------------------------------------------------------------
+def test_new_gelu_equals_hf_new_gelu_activation_bitwise():
+    import importlib
+
+    from transformers.activations import NewGELUActivation
+
+    gpt2 = importlib.import_module("model_lab.02_architectures.gpt2")
+    x = torch.cat([torch.linspace(-12, 12, 241), torch.randn(1000, generator=torch.Generator().manual_seed(0)) * 3])
+    ours = gpt2._new_gelu(x)
+    assert torch.equal(ours, NewGELUActivation()(x))  # 同一个 tanh 近似公式、同一串算子：逐位相同
+    torch.testing.assert_close(ours, F.gelu(x, approximate="tanh"), atol=1e-6, rtol=1e-6)
+    assert (ours - F.gelu(x)).abs().max() > 1e-5  # 与精确的 erf 版 GELU 不是同一个函数
+
+
+def test_conv1d_equals_hf_conv1d_bitwise():
+    import importlib
+
+    from transformers.pytorch_utils import Conv1D as HFConv1D
+
+    gpt2 = importlib.import_module("model_lab.02_architectures.gpt2")
+    torch.manual_seed(0)
+    ours = gpt2.Conv1D(6, 10)
+    torch.nn.init.normal_(ours.weight)
+    torch.nn.init.normal_(ours.bias)
+    theirs = HFConv1D(10, 6)  # HF 的参数顺序是 (nf = 输出, nx = 输入)
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 3, 5, 6)  # 多个前导维
+    y = ours(x)
+    assert y.shape == (2, 3, 5, 10)
+    assert torch.equal(y, theirs(x))
+    torch.testing.assert_close(y, x @ ours.weight + ours.bias)  # 权重是 (in, out)：x @ W，不是 x @ Wᵀ
