@@ -119,7 +119,8 @@ class ScratchRNN(nn.Module):
         self.mode, self.input_size, self.hidden_size = mode, input_size, hidden_size
         self.num_layers, self.bias, self.batch_first = num_layers, bias, batch_first
         rows = GATES[mode] * hidden_size
-        # PyTorch 的初始化：所有参数 ~ U(−1/√H, 1/√H)，让每个门的预激活方差与 H 无关
+        # PyTorch 的初始化：所有参数 ~ U(−1/√H, 1/√H)（方差 1/(3H)）：h W_hhᵀ 是 H 项之和，这一项的方差
+        # 是 Var(h)/3，与 H 无关；x W_ihᵀ 那一项是 I·Var(x)/(3H)，随 I/H 变化
         bound = 1.0 / math.sqrt(hidden_size)
         for k in range(num_layers):
             in_k = input_size if k == 0 else hidden_size
