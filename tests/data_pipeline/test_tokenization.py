@@ -365,3 +365,20 @@ def test_whole_corpus_matches_hf_tokenizer_json(corpus_tokenizer, tmp_path):
     tok, text = corpus_tokenizer
     hf = HFTokenizer.from_file(str(tok.save_hf(tmp_path / "tokenizer.json")))
     assert hf.encode(text).ids == tok.encode(text)
+
+
+# ---------------------------------------------------------------------------
+# 练习模式用的单独检查（utils/exercise_parts/cleaning.py）：快速训练器堆里的"逆序键"
+# ---------------------------------------------------------------------------
+def test_desc_key_reverses_bytes_order_including_prefixes():
+    from data_pipeline.tokenization.fast_train import _desc_key
+
+    rng = np.random.default_rng(0)
+    tokens = [b"", b"a", b"ab", b"abc", b"b", b"\x00", b"\x00\x00", b"\xff", b"\xff\xff", b"a\xff", b"a\x00"]
+    tokens += [rng.integers(0, 4, int(rng.integers(1, 5))).astype(np.uint8).tobytes() for _ in range(200)]
+    for a, b in itertools.product(tokens, repeat=2):
+        assert (_desc_key(a) < _desc_key(b)) == (a > b), (a, b)  # 字典序更大的键更小：最小堆先弹出它
+        assert (_desc_key(a) == _desc_key(b)) == (a == b), (a, b)
+    # 两个键拼成的元组比较 = pair 按 (第一个 token, 第二个 token) 比较后取反
+    pairs = [(b"a", b"b"), (b"a", b"bc"), (b"ab", b"c"), (b"a", b"z"), (b"c", b"a"), (b"c", b"ab")]
+    assert sorted(pairs, key=lambda p: (_desc_key(p[0]), _desc_key(p[1]))) == sorted(pairs, reverse=True)

@@ -235,3 +235,40 @@ def test_bad_input_raises_clear_errors():
         lcp_array(b"abc", np.array([0, 1]))
     with pytest.raises(ValueError, match="排列"):
         lcp_kasai(b"abc", np.array([0, 0, 1]))
+
+
+# ---------------------------------------------------------------------------
+# 练习模式用的单独对照（utils/exercise_parts/cleaning.py）：后缀数组与 LCP 各自对照 pydivsufsort，互不依赖
+# ---------------------------------------------------------------------------
+def repetitive_cases() -> list[bytes]:
+    """长重复（倍增要走好几轮）、短后缀排在前面、全部 256 个字节值、真实文本。"""
+    rng = np.random.default_rng(3)
+    cases = [b"a", b"banana", b"\x00" * 300, b"\xff" * 70 + b"\x00", b"ab" * 150 + b"a", b"abcabcabd" * 30,
+             bytes(range(256)) * 2, load_corpus("shakespeare")[:20_000].encode("utf-8")]
+    cases += [random_bytes(rng, int(rng.integers(1, 500)), int(rng.integers(1, 4))) for _ in range(40)]
+    return cases
+
+
+def test_suffix_array_alone_equals_pydivsufsort():
+    for data in repetitive_cases():
+        sa = suffix_array(data)
+        assert sa.dtype == np.int64 and np.array_equal(sa, pydivsufsort.divsufsort(data)), data[:40]
+    assert np.array_equal(suffix_array(np.frombuffer(b"mississippi", dtype=np.uint8)), [10, 7, 4, 1, 0, 9, 8, 6, 3, 5, 2])
+    assert suffix_array(b"").shape == (0,)
+
+
+def test_lcp_kasai_equals_pydivsufsort_kasai_on_its_suffix_array():
+    for data in repetitive_cases():
+        sa = pydivsufsort.divsufsort(data)  # 参考的后缀数组：LCP 的对照不依赖我们的 suffix_array
+        assert np.array_equal(lcp_kasai(data, sa), pydivsufsort.kasai(data, sa)), data[:40]
+
+
+def test_lcp_array_equals_pydivsufsort_kasai_on_its_suffix_array():
+    for data in repetitive_cases():
+        sa = pydivsufsort.divsufsort(data)
+        ref = pydivsufsort.kasai(data, sa)
+        assert np.array_equal(lcp_array(data, sa), ref), data[:40]
+        for cap in (0, 1, 8, 20):
+            assert np.array_equal(lcp_array(data, sa, cap=cap), np.minimum(ref, cap))
+    assert lcp_array(b"", np.zeros(0, dtype=np.int64)).shape == (0,)
+    assert lcp_array(b"x", np.zeros(1, dtype=np.int64)).tolist() == [0]

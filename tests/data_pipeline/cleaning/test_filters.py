@@ -226,3 +226,16 @@ def test_apply_filters_protocol_and_errors():
     text = "\n".join(sentences) + "\nMenu\n"
     decision = F.apply_filters(text, filters)
     assert decision.keep and decision.text == "\n".join(sentences)
+
+
+# ---------------------------------------------------------------------------
+# 练习模式用的单独对照（utils/exercise_parts/cleaning.py）：重复行/段落的计数
+# ---------------------------------------------------------------------------
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(["", "a", "ab", "the king", "the king ", "\u00e9", "x" * 30]), max_size=40))
+def test_count_duplicates_equals_datatrove(items):
+    from datatrove.pipeline.filters.gopher_repetition_filter import find_duplicates
+
+    assert F.count_duplicates(items) == find_duplicates(items)
+    # 第一次出现不算：三行相同 = 2 个重复、2 份字符
+    assert F.count_duplicates(["ab", "cd", "ab", "ab"]) == (2, 4)

@@ -137,3 +137,88 @@ def test_bad_input():
         LanguageFilter({"en"}, min_prob=1.5)
     with pytest.raises(ValueError, match="Faker"):
         faker_sentences("sw", 1, heldout=True)
+
+
+# ---------------------------------------------------------------------------
+# 练习模式用的快速对照（utils/exercise_parts/cleaning.py）：手写的小语料，不用 Faker、不训练默认识别器，
+# 每一步单独对照 sklearn（CountVectorizer 的字符 n-gram、MultinomialNB 的 θ、联合对数似然与后验）
+# ---------------------------------------------------------------------------
+SMALL_CORPUS = {
+    "en": ["The weather was cold and the children stayed at home with their mother.",
+           "Which of these books would you like to read before the summer holidays?",
+           "THE  OLD\tHOUSE stood near the river, and nobody lived there any more."],
+    "de": ["Das Wetter war kalt und die Kinder blieben mit ihrer Mutter zu Hause.",
+           "Welches dieser Bücher möchtest du vor den Sommerferien noch lesen?",
+           "Das alte Haus stand in der Nähe des Flusses, und niemand wohnte mehr dort."],
+    "nl": ["Het weer was koud en de kinderen bleven met hun moeder thuis.",
+           "Welke van deze boeken wil je lezen voor de zomervakantie begint?",
+           "Het oude huis stond vlak bij de rivier, en er woonde niemand meer."],
+    "fr": ["Il faisait froid et les enfants sont restés à la maison avec leur mère.",
+           "Lequel de ces livres voudrais-tu lire avant les vacances d'été ?",
+           "La vieille maison se trouvait près de la rivière, et personne n'y habitait plus."],
+}
+SMALL_QUERIES = ("the children were reading", "die Kinder lasen", "de kinderen lazen", "les enfants lisaient",
+                 "ＦＵＬＬＷＩＤＴＨ and spaces", "qqq zzz", "", "é", "日本語")
+
+
+def small_texts_and_labels() -> tuple[list[str], list[str]]:
+    texts = [t for sents in SMALL_CORPUS.values() for t in sents]
+    return texts, [lang for lang, sents in SMALL_CORPUS.items() for _ in sents]
+
+
+def test_char_ngrams_equal_sklearn_char_analyzer():
+    from collections import Counter
+
+    from sklearn.feature_extraction.text import CountVectorizer
+
+    from data_pipeline.cleaning.langid import normalize_for_langid
+
+    analyzer = CountVectorizer(analyzer="char", ngram_range=(1, 3), lowercase=False).build_analyzer()
+    for text in [*small_texts_and_labels()[0], *filter(None, SMALL_QUERIES), "a", "ab"]:
+        # 空串除外：我们的 "  "（两端各补一个空格）会留下一个 2-gram "  "，sklearn 先把连续空白压成一个
+        expected = Counter(analyzer(f" {normalize_for_langid(text)} "))
+        expected.pop(" ", None)  # 单个空格不是特征
+        assert char_ngrams(text) == expected, text
+    assert char_ngrams("ab", orders=(2,)) == Counter({" a": 1, "ab": 1, "b ": 1})
+
+
+def test_naive_bayes_steps_equal_sklearn_on_a_small_corpus():
+    from sklearn.feature_extraction import DictVectorizer
+    from sklearn.naive_bayes import MultinomialNB
+
+    texts, labels = small_texts_and_labels()
+    ours = LanguageIdentifier(alpha=0.5).fit(texts, labels)
+    vec = DictVectorizer()
+    X = vec.fit_transform([dict(char_ngrams(t)) for t in texts])
+    ref = MultinomialNB(alpha=0.5, fit_prior=False).fit(X, labels)
+    assert ours.labels == list(ref.classes_) and set(ours.vocab) == set(vec.feature_names_)
+    cols = [ours.vocab[f] for f in vec.feature_names_]
+    np.testing.assert_allclose(ours.log_theta[cols].T, ref.feature_log_prob_, rtol=1e-12, atol=1e-12)
+    for q in SMALL_QUERIES:
+        x = vec.transform([dict(char_ngrams(q))])  # 训练时没见过的 n-gram 两边都忽略
+        np.testing.assert_allclose(ours.log_likelihoods(q), (x @ ref.feature_log_prob_.T).ravel(), rtol=1e-12, atol=1e-9)
+        proba = ours.predict_proba(q)
+        np.testing.assert_allclose([proba[c] for c in ref.classes_], ref.predict_proba(x)[0], rtol=1e-9, atol=1e-12)
+    # 很长的文本：对数似然差几千，直接 exp 会下溢成 0/0
+    long = " ".join(SMALL_CORPUS["de"]) * 50
+    assert ours.predict_proba(long)["de"] == pytest.approx(1.0) and ours.predict(long)[0] == "de"
+
+
+def test_language_filter_decisions_with_a_small_identifier():
+    from data_pipeline.cleaning.filters import Decision
+
+    texts, labels = small_texts_and_labels()
+    ident = LanguageIdentifier().fit(texts, labels)
+    flt = LanguageFilter({"en", "fr"}, min_prob=0.65, identifier=ident)
+    assert flt.reasons == ("language_de", "language_nl", "language_low_prob")
+    assert flt(SMALL_CORPUS["en"][0]) == Decision(True)
+    assert flt(SMALL_CORPUS["fr"][1]) == Decision(True)
+    assert flt(SMALL_CORPUS["de"][2]) == Decision(False, "language_de", by="language")
+    assert flt(SMALL_CORPUS["nl"][0]) == Decision(False, "language_nl", by="language")
+    # 没有任何已知特征：均匀分布 1/4 < 0.65；识别出的语言（平局取第一个，"de"）不在要保留的语言里时先报语言
+    assert ident.predict_proba("日本語") == dict.fromkeys(["de", "en", "fr", "nl"], 0.25)
+    assert LanguageFilter(set(SMALL_CORPUS), 0.65, ident)("日本語") == Decision(False, "language_low_prob", by="language")
+    assert flt("日本語") == Decision(False, "language_de", by="language")
+    lang, prob = ident.predict("the")
+    assert lang == "en" and 0.25 < prob < 1
+    assert LanguageFilter({"en"}, prob, ident)("the").keep and not LanguageFilter({"en"}, prob + 1e-9, ident)("the").keep

@@ -281,3 +281,19 @@ def test_bad_input_raises_clear_errors():
         lsh_candidate_pairs(np.zeros((3, 16), dtype=np.uint32), 5, 4)
     with pytest.raises(ValueError, match="长度"):
         estimate_jaccard(np.zeros(3), np.zeros(4))
+
+
+# ---------------------------------------------------------------------------
+# 练习模式用的单独对照（utils/exercise_parts/cleaning.py）：置换本身，不经过 signatures
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("scheme", ["affine32", "legacy"])
+def test_permute_equals_datasketch_one_element_signatures(scheme):
+    """只有一个元素的集合：datasketch 的签名就是这个元素在 k 个置换下的值（最小值只取一个）。"""
+    items = [b"", b"a", "莎士比亚".encode(), bytes(range(256)), *(f"to be or not {i}".encode() for i in range(40))]
+    hasher = MinHasher(64, seed=5, scheme=scheme)
+    permuted = hasher.permute(sha1_hash32(items))
+    assert permuted.shape == (64, len(items)) and permuted.dtype == (np.uint32 if scheme == "affine32" else np.uint64)
+    for j, item in enumerate(items):
+        m = MinHash(64, seed=5, scheme=scheme)
+        m.update(item)
+        assert np.array_equal(permuted[:, j], m.hashvalues), item

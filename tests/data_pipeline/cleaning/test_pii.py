@@ -241,3 +241,21 @@ def test_documented_differences_from_datatrove():
     assert mask_pii("mail a@example.com").text == "mail <EMAIL>"
     # 6. 邮箱：datatrove 允许顶级域是数字（"a@b.c1"），我们要求字母
     assert _datatrove_spans("x a@host.c1 y")[0] == [(2, 11)] and ours("x a@host.c1 y") == []
+
+
+# ---------------------------------------------------------------------------
+# 练习模式用的快速检查（utils/exercise_parts/cleaning.py）：mask_pii 的文本、计数与片段，不用生成的语料
+# ---------------------------------------------------------------------------
+def test_mask_pii_text_counts_and_spans_on_a_hand_written_line():
+    text = ("Mail a.b@example.com or b@x.org, call +1 (415) 555-2671 / 13812345678, "
+            "hosts 10.0.0.1 and fe80::1; v1.2.3.4.5 on 2024-03-15.")
+    result = mask_pii(text)
+    assert result.text == ("Mail <EMAIL> or <EMAIL>, call <PHONE> / <PHONE>, "
+                           "hosts <IP_ADDRESS> and <IP_ADDRESS>; v1.2.3.4.5 on 2024-03-15.")
+    assert result.counts == {"email": 2, "ipv6": 1, "ipv4": 1, "phone": 2}
+    assert list(result.counts) == list(KINDS)  # 每一种都有，顺序同 KINDS
+    assert [(s.kind, s.value) for s in result.spans] == [
+        ("email", "a.b@example.com"), ("email", "b@x.org"), ("phone", "+1 (415) 555-2671"), ("phone", "13812345678"),
+        ("ipv4", "10.0.0.1"), ("ipv6", "fe80::1")]
+    assert all(text[s.start : s.end] == s.value for s in result.spans)
+    assert mask_pii("no pii here").text == "no pii here" and mask_pii("").counts == dict.fromkeys(KINDS, 0)

@@ -409,3 +409,56 @@ def test_near_dedup_bands_catch_pairs_at_the_verification_threshold_and_above():
     assert float(candidate_probability(0.9, b, r)) > 0.99
     b8, r8 = optimal_bands(step.threshold, step.num_perm)
     assert float(candidate_probability(0.9, b8, r8)) < 0.95  # 这正是要用更低的 LSH 阈值的原因
+
+
+# ---------------------------------------------------------------------------
+# 练习模式用的单独检查（utils/exercise_parts/cleaning.py）：两个去重步骤的 select，直接调用、不经过 clean
+# ---------------------------------------------------------------------------
+def test_exact_dedup_select_keeps_the_earliest_and_compares_the_text():
+    texts = ["alpha", "beta", "alpha", "gamma", "beta", "delta", "alpha"]
+    keys = np.array([[1], [2], [1], [3], [2], [1], [1]], dtype=np.uint64)  # 行 5 是"哈希碰撞"：同哈希、不同文本
+    got = P.ExactDedupStep().select(keys, texts.__getitem__)
+    assert got == {2: "duplicate", 4: "duplicate", 6: "duplicate"}
+    real = P.ExactDedupStep().keys(texts)
+    assert real.shape == (7, 1) and P.ExactDedupStep().select(real, texts.__getitem__) == {2: "duplicate",
+                                                                                             4: "duplicate", 6: "duplicate"}
+    assert P.ExactDedupStep().select(np.zeros((0, 1), dtype=np.uint64), texts.__getitem__) == {}
+
+
+def test_near_dedup_select_equals_brute_force_clusters():
+    """与暴力做法相同：所有 J ≥ 0.8 的对连成簇（传递闭包），每簇留行号最小的一篇；LSH 候选里 J < 0.8 的对不合并。
+
+    LSH 会以小概率漏掉 J 略高于 0.8 的对；这份数据（固定种子，副本的扰动率要么 ≤ 1%、要么 ≥ 5%）上
+    没有哪一簇因此断开，所以结果与暴力做法逐项相同——任何正确的 select 在同样的键上都给出这个结果。"""
+    from data_pipeline.cleaning.minhash import (
+        UnionFind,
+        jaccard,
+        lsh_candidate_pairs,
+        near_duplicate_corpus,
+        optimal_bands,
+        shakespeare_passages,
+        shingles,
+    )
+    from data_pipeline.corpora import load_corpus
+
+    rng = np.random.default_rng(0)
+    passages = shakespeare_passages(load_corpus("shakespeare"), 60, 120, rng)
+    docs, _ = near_duplicate_corpus(passages, [0.0, 0.005, 0.01, 0.05, 0.3], 3, rng)
+    docs = docs[::-1]  # 副本排在原文前面：留下的是行号最小的，而不是"原文"
+    step = P.NearDedupStep()
+    keys = step.keys(docs)
+    calls = []
+    got = step.select(keys, lambda i: calls.append(i) or docs[i])
+    sets = [shingles(d) for d in docs]
+    uf = UnionFind(len(docs))
+    for i in range(len(docs)):
+        for j in range(i + 1, len(docs)):
+            if jaccard(sets[i], sets[j]) >= step.threshold:
+                uf.union(i, j)
+    expected = {i: "near_duplicate" for group in uf.groups() for i in group[1:]}
+    assert len(expected) > 50 and got == expected
+    # 这份数据里确实有 J < 0.8 的 LSH 候选对（核对把它们挡下），文本只为候选按需读取
+    b, r = optimal_bands(step.lsh_threshold, step.num_perm)
+    pairs = lsh_candidate_pairs(keys, b, r).tolist()
+    assert any(jaccard(sets[i], sets[j]) < step.threshold for i, j in pairs)
+    assert set(calls) <= {i for pair in pairs for i in pair}
