@@ -48,9 +48,10 @@ class LMData:
 # 字符级
 # ---------------------------------------------------------------------------
 def char_encode_array(text: str, chars: list[str]) -> np.ndarray:
-    """把 text 按字符表 chars 编码成 uint16/uint32 数组；用 numpy 的 searchsorted，5 MB 文本约 0.5 秒。
+    """把 text 按字符表 chars 编码成 uint16/uint32 数组：先把文本当作 UTF-32 码点数组，再在排好序的码点表里二分查找。
 
-    逐字符查字典的 Python 循环要慢十倍：先把文本当作 UTF-32 码点数组，再在排好序的码点表里二分查找。
+    内置的 4.8 MB 莎士比亚在共享的 2 核机器上约 1 秒（负载 ~7 时实测 1.0–1.1 s）；逐字符查字典的
+    Python 循环 [stoi[c] for c in text] 同样条件下要 1.4–2.0 s，还没算把列表转成数组——约慢 2 倍。
     """
     codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
     table = np.array([ord(c) for c in chars], dtype=np.uint32)  # chars 已排序，所以 table 也是升序
