@@ -24,7 +24,7 @@
    `torch._convert_weight_to_int4pack_for_cpu(codes_int32 (N, K), 1)`（第二个参数 innerKTiles 在 CPU 上不用），
    scales_and_zeros 是 (K/g, N, 2) 的 [s, z]，dtype 必须与 x 相同；要求 N % 16 == 0、g ∈ {32, 64, 128, 256}。
    它在寄存器里解包、算 (q − 8)·s + z、乘加，每个权重只从内存读半个字节：M = 1 的解码是带宽瓶颈，
-   4096×4096 上 bf16 激活 1.0 ms，fp32 F.linear 4.3 ms（benchmarks/quantization_matmul.py）。
+   4096×4096 上 bf16 激活 1.1 ms，fp32 F.linear 4.8 ms（benchmarks/quantization_matmul.py，RESULTS.md 12-03）。
    与 int8 内核一样，只有 bf16 激活走 AVX512 的快路径（fp32 / fp16 激活走通用循环，M = 1 就要 30–47 ms、
    每多一行再加这么多）。它要比的是可读路径（每次调用解包并反量化整个权重，4096×4096 约 200 ms，几乎不随 M 变）：
    bf16 到 M = 512 还是内核快（216 vs 275 ms），fp32 / fp16 到 M = 4 为止——KERNEL_MAX_ROWS 记的就是这些交叉点。

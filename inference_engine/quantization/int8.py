@@ -17,7 +17,7 @@
 4. `torch._weight_int8pack_mm(x, q, s)` 就是这样的 CPU 内核：y = (x · qᵀ) ⊙ s，q 是 (N, K) int8，s 是 (N,)，
    s 必须与 x 同 dtype。**什么时候它划算**（AMD EPYC、AVX512-BF16、1 线程、4096×4096 实测，
    benchmarks/quantization_matmul.py 有完整的表）：
-   - 激活是 bf16 且行数小（M = 1：1.5 ms，fp32 F.linear 4.3 ms、bf16 F.linear 3.6 ms）：内核有 AVX512 的 bf16 特化，
+   - 激活是 bf16 且行数小（M = 1：1.9 ms，fp32 F.linear 4.8 ms、bf16 F.linear 4.6 ms——RESULTS.md 12-03 的表；更早的一次测量是 1.5 / 4.3 / 3.6）：内核有 AVX512 的 bf16 特化，
      读 1 字节/权重，是带宽瓶颈下的正解；
    - 行数变大（prefill、大 batch）：问题从带宽瓶颈变成算力瓶颈，内核的 GEMV 式循环每多一行就多读一遍权重
      （M = 32：18.6 ms），而参考路径"把码转成 bf16 + oneDNN GEMM"几乎不随 M 变（33 ms）；M = 64 两者持平；
