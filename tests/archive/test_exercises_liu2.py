@@ -284,9 +284,14 @@ def test_l05_train_loop_equals_reference_loop(name):
 def test_l06_sigmoid_matches_torch_without_overflow():
     m = lecture(6)
     z = torch.cat([torch.linspace(-700, 700, 301, dtype=torch.float64), torch.tensor([0.0, -1e-9, 30.0])])
-    got = m.sigmoid(z)  # 朴素的 1 / (1 + e^{−z}) 在 z = −700 处得 1 / inf = 0，相对误差 100%
+    got = m.sigmoid(z)
     assert torch.isfinite(got).all()
     torch.testing.assert_close(got, torch.sigmoid(z), rtol=1e-12, atol=0)
+    # float64 的 e^{−z} 在 z < −709.78 时溢出：朴素的 1 / (1 + e^{−z}) 得 1 / inf = 0，真值 e^z 却还能表示（次正规数）
+    tail = torch.tensor([-710.0, -720.0, -735.0], dtype=torch.float64)
+    got = m.sigmoid(tail)
+    assert (got > 0).all()
+    np.testing.assert_allclose(got.numpy(), [math.exp(v) for v in tail.tolist()], rtol=1e-3)
     z32 = torch.linspace(-120, 120, 41)
     torch.testing.assert_close(m.sigmoid(z32), torch.sigmoid(z32), rtol=1e-6, atol=1e-37)  # torch 把 float32 的次正规数冲成 0
 
