@@ -358,3 +358,129 @@ def test_samples_only_ids_the_data_knows_when_the_model_vocab_is_padded(tmp_path
     cfg = tiny_cfg(tmp_path, text_file, max_iters=2, eval_interval=2, sample_tokens=40, vocab_size=64)
     result = train(cfg)
     assert result.history[-1]["sample"]  # 生成并解码成功（以前会在 decode 里 KeyError）
+
+
+# ---------------------------------------------------------------------------
+# 练习模式（utils/exercise_parts/training.py）：数据编码、窗口采样、随机数状态、checkpoint 的提交协议，逐个单独对照
+# ---------------------------------------------------------------------------
+def test_char_encode_array_is_the_index_in_the_sorted_charset():
+    from training_sys.data import char_encode_array
+
+    text = "héllo, wörld! 你好 🙂\nhello"
+    chars = sorted(set(text))
+    ids = char_encode_array(text, chars)
+    assert ids.dtype == np.uint16 and ids.tolist() == [chars.index(c) for c in text]
+    with pytest.raises(DataError, match="'z'"):  # 落在字符表中间的陌生字符
+        char_encode_array("hez", chars)
+    with pytest.raises(DataError, match="'~'"):  # 比字符表里所有字符都大的陌生字符（二分查找落在表尾之外）
+        char_encode_array("a~", ["a", "b"])
+    many = [chr(c) for c in range(0x20000, 0x20000 + 65537)]  # 65537 个字符：id 装不进 uint16
+    wide = char_encode_array(many[-1] + many[0] + many[1], many)
+    assert wide.dtype == np.uint32 and wide.tolist() == [65536, 0, 1]
+
+
+def test_get_batch_draws_window_starts_from_the_generator_like_nanogpt():
+    data = np.arange(100, 160, dtype=np.uint16)  # N = 60
+    B, T = 5, 8
+    ours, ref = torch.Generator().manual_seed(11), torch.Generator().manual_seed(11)
+    x, y = get_batch(data, B, T, ours)
+    starts = torch.randint(len(data) - T, (B,), generator=ref)  # nanoGPT：起点 ∈ [0, N − T)
+    assert x.dtype == y.dtype == torch.int64 and x.shape == y.shape == (B, T)
+    assert torch.equal(x, torch.stack([torch.arange(T) + 100 + s for s in starts]))
+    assert torch.equal(y, x + 1)  # y 是 x 右移一位
+    # 每个 batch 只从专用 Generator 抽一次 B 个起点：它的状态就是"数据读到哪了"，续训时存下、恢复即可
+    assert torch.equal(ours.get_state(), ref.get_state())
+    x, _ = get_batch(data, 4000, T, torch.Generator().manual_seed(0))
+    assert (int(x[:, 0].min()) - 100, int(x[:, 0].max()) - 100) == (0, len(data) - T - 1)  # 两端的窗口都取得到
+
+
+def test_rng_state_capture_and_restore_replay_every_source():
+    import io
+    import random
+
+    from training_sys.checkpoint import capture_rng_state, restore_rng_state
+
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
+    np.random.standard_normal()  # 旧式 numpy 一次算两个正态数、缓存一个：状态里的 has_gauss 与 cached_gaussian 也要存
+    gen = torch.Generator().manual_seed(4)
+    torch.randint(10, (3,), generator=gen)
+    state = capture_rng_state(gen)
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=True)  # checkpoint 用 weights_only=True 读：状态里只能有张量与基本类型
+
+    def draw():
+        return (random.random(), float(np.random.standard_normal()), int(np.random.randint(1 << 30)),
+                torch.randn(3).tolist(), torch.randint(1 << 30, (2,), generator=gen).tolist())
+
+    first = draw()
+    random.seed(9)
+    np.random.seed(9)
+    torch.manual_seed(9)
+    gen.manual_seed(9)
+    restore_rng_state(loaded, gen)
+    assert draw() == first
+
+
+def _tiny_llama():
+    from model_lab import Llama, LlamaConfig
+
+    torch.manual_seed(0)
+    return Llama(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=24, num_hidden_layers=1,
+                             num_attention_heads=2, max_position_embeddings=16, tie_word_embeddings=False))
+
+
+def test_save_checkpoint_writes_latest_last_and_keeps_the_newest(tmp_path, monkeypatch):
+    import training_sys.checkpoint as ckpt
+
+    model, run = _tiny_llama(), tmp_path / "run"
+    pointed = []
+    real_atomic_write = ckpt.atomic_write
+
+    def spy(path, data, *args, **kwargs):  # 改写 latest 的那一刻，它要指向的目录必须已经完整
+        if Path(path).name == ckpt.LATEST_FILE:
+            target = run / data.strip()
+            pointed.append((target.name, sorted(p.name for p in target.iterdir())))
+        return real_atomic_write(path, data, *args, **kwargs)
+
+    monkeypatch.setattr(ckpt, "atomic_write", spy)
+    for step in (1, 2, 3):
+        out = ckpt.save_checkpoint(run, model, {"step": step}, {"char_vocab.json": "[]"}, keep=2)
+        assert out == run / f"step_{step:06d}" and ckpt.latest_checkpoint(run) == out
+    assert [name for name, _ in pointed] == ["step_000001", "step_000002", "step_000003"]
+    for _, files in pointed:
+        assert {"model.safetensors", "config.json", "char_vocab.json", "training_state.pt"} <= set(files)
+    assert sorted(p.name for p in run.glob("step_*")) == ["step_000002", "step_000003"]  # keep=2：含 latest 共两个
+    # 上次写到一半崩溃留下的目录（latest 从没指向它）：整个删掉重写，残骸不会混进新 checkpoint
+    (run / "step_000004").mkdir()
+    (run / "step_000004" / "half_written.tmp").write_text("x")
+    ckpt.save_checkpoint(run, model, {"step": 4}, keep=1)
+    assert sorted(p.name for p in run.glob("step_*")) == ["step_000004"]
+    assert not (run / "step_000004" / "half_written.tmp").exists()
+    with pytest.raises(CheckpointError, match="latest"):  # latest 指向的完整 checkpoint 不能原地覆盖
+        ckpt.save_checkpoint(run, model, {"step": 4})
+    assert latest_checkpoint(run).name == "step_000004"
+
+
+def test_load_checkpoint_returns_weights_and_state_and_checks_the_hash(tmp_path):
+    import training_sys.checkpoint as ckpt
+
+    model = _tiny_llama()
+    out = ckpt.save_checkpoint(tmp_path / "run", model, {"step": 7, "tokens_seen": 123})
+    tensors, state = ckpt.load_checkpoint(out)
+    assert tensors.keys() == model.state_dict().keys()
+    assert all(torch.equal(tensors[k], v) for k, v in model.state_dict().items())
+    assert (state["step"], state["tokens_seen"]) == (7, 123)
+    assert state["weights_sha256"] == sha256_file(out / "model.safetensors")
+    weights = out / "model.safetensors"
+    raw = bytearray(weights.read_bytes())
+    raw[-1] ^= 0xFF  # 长度不变、只翻转一个字节：safetensors 照样读得出来，只有哈希能发现
+    weights.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="SHA-256"):
+        ckpt.load_checkpoint(out)
+    (out / "training_state.pt").unlink()
+    with pytest.raises(CheckpointError, match="training_state.pt"):
+        ckpt.load_checkpoint(out)

@@ -305,3 +305,49 @@ def test_every_cli_flag_explains_itself(capsys):
     out = capsys.readouterr().out
     assert all(flag in out for flag in fields) and "上下文长度" in out
 
+
+
+# ---------------------------------------------------------------------------
+# 练习模式（utils/exercise_parts/training.py）：评估用固定的窗口、eval 模式、不碰训练的随机数
+# ---------------------------------------------------------------------------
+def test_estimate_loss_averages_fixed_eval_batches_in_eval_mode(text_file):
+    import contextlib
+
+    from training_sys.data import get_batch
+    from training_sys.pretrain import estimate_loss
+
+    data = load_char_data(path=text_file)
+    cfg = TrainConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, batch_size=3, eval_iters=3, seed=7)
+    setup_seed(0)
+    model = build_model(cfg, data.vocab_size)
+    modes, entered = [], []
+
+    class Spy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = model
+
+        def forward(self, x, y):
+            modes.append(self.training)
+            return self.inner(x, y)
+
+    @contextlib.contextmanager
+    def autocast():
+        entered.append(True)
+        yield
+
+    spy = Spy().train()
+    global_rng = torch.get_rng_state()
+    out = estimate_loss(spy, data, cfg, torch.device("cpu"), autocast)
+    assert set(out) == {"train", "val"} and all(isinstance(v, float) for v in out.values())
+    assert modes == [False] * (2 * cfg.eval_iters) and entered  # 评估在 eval 模式、在 autocast 里
+    assert spy.training and model.training  # 评估完切回训练模式
+    assert torch.equal(torch.get_rng_state(), global_rng)  # 不消耗全局随机数：评估与否不改变训练本身
+    # 手写参照：train 用种子 seed + 1、val 用 seed + 2 的专用 Generator 抽 eval_iters 个 batch，loss 取平均
+    with torch.no_grad():
+        for offset, (split, arr) in enumerate((("train", data.train), ("val", data.val)), start=1):
+            gen = torch.Generator().manual_seed(cfg.seed + offset)
+            losses = [model(*get_batch(arr, cfg.batch_size, cfg.block_size, gen))[1].item()
+                      for _ in range(cfg.eval_iters)]
+            assert out[split] == pytest.approx(sum(losses) / len(losses), rel=1e-6), split
+    assert estimate_loss(spy, data, cfg, torch.device("cpu"), autocast) == out  # 每次评估都是同一批窗口
