@@ -841,6 +841,7 @@ NOT_EXERCISES: dict[str, str] = {
     "model_lab/kernel_backends.py": "kernel 后端的注册表（胶水）",
     "training_sys/distributed/launch.py": "torchrun / spawn 的启动胶水",
     "training_sys/optimization/_checks.py": "优化器参数的输入检查",
+    "training_sys/strategy.py": "训练步策略的钩子接口（单卡的每个钩子一行，forward_backward 转调 pretrain.accumulate_step）",
     "training_sys/speedrun.py": "make run 的入口：把各阶段串起来",
     "training_sys/pipeline.py": "make run 的断点续跑：阶段记录（基础设施）",
     "training_sys/speedrun_report.py": "make run 的中文报告生成",

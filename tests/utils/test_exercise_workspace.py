@@ -254,3 +254,21 @@ def test_28days_demo_runs_with_every_exercise_unwritten(rel, tmp_path, monkeypat
     module.demo()  # 不许抛出：演示里用到练习函数的地方要先判断它写了没有
     passed, total = module.run_checks(verbose=False, seeds=[0])
     assert total == len(catalog()[rel]) and passed == 0
+
+
+# -----------------------------------------------------------------------------
+# 覆盖面：每个课程 / 模块文件要么登记了练习，要么在 NOT_EXERCISES 里写明为什么不是课
+# -----------------------------------------------------------------------------
+def test_every_lesson_and_module_has_exercises_or_a_reason():
+    from utils.exercise_catalog import NOT_EXERCISES
+
+    tracked = subprocess.run(["git", "ls-files", "-z", "*.py"], cwd=REPO_ROOT, capture_output=True, text=True,
+                             check=True).stdout.split("\0")  # -z：路径里有空格（Introductory learning）
+    stages = ("archive/", "model_lab/", "data_pipeline/", "training_sys/", "inference_engine/", "utils/")
+    lessons = {p for p in tracked if p.startswith(stages) and not p.endswith("__init__.py")
+               and not p.startswith("utils/exercise_parts/")}
+    listed = catalog().keys() | NOT_EXERCISES.keys()
+    assert sorted(lessons - listed) == [], "这些文件既没有练习也没说明为什么：在 utils/exercise_parts/ 登记核心函数，或写进 NOT_EXERCISES"
+    assert sorted(listed - lessons) == [], "练习目录里有已经不存在的文件"
+    assert not catalog().keys() & NOT_EXERCISES.keys()
+    assert all(catalog()[rel] for rel in catalog()), "登记了文件却没有一个练习函数"
