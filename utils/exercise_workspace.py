@@ -33,7 +33,7 @@ import tempfile
 import unicodedata
 from pathlib import Path
 
-from utils.exercise_catalog import Exercise, catalog
+from utils.exercise_catalog import NOT_EXERCISES, Exercise, catalog
 from utils.io import REPO_ROOT, atomic_write
 
 WORKSPACE_ENV = "LLM_EXERCISE_WORKSPACE"  # 工作区根目录（默认 <仓库>/workspace）
@@ -171,8 +171,10 @@ def resolve_targets(path_arg: str, root: Path | None = None) -> list[str]:
     name = Path(rel).name
     close += [f for f in files if name and name in Path(f).name and f not in close][:5]
     hint = "；相近的：\n  " + "\n  ".join(close) if close else "；python -m utils.exercises status 列出全部模块"
+    if rel in NOT_EXERCISES:
+        raise ExerciseError(f"{rel} 不是课、没有练习：{NOT_EXERCISES[rel]}{hint}")
     if (REPO_ROOT / rel).is_file():
-        raise ExerciseError(f"{rel} 还没有登记练习函数（utils/exercise_catalog.py）{hint}")
+        raise ExerciseError(f"{rel} 还没有登记练习函数（utils/exercise_catalog.py 或 utils/exercise_parts/）{hint}")
     raise ExerciseError(f"没有登记过练习的路径：{path_arg}{hint}")
 
 

@@ -164,7 +164,10 @@ def test_unknown_path_is_a_clear_error_listing_close_matches(tmp_path, capsys, p
 
 
 def test_unregistered_file_and_missing_workspace_are_explained(tmp_path, capsys):
-    assert ws.main(["--workspace", str(tmp_path), "new", "model_lab/kv_cache.py"]) == 2
+    assert ws.main(["--workspace", str(tmp_path), "new", "model_lab/attention_backends.py"]) == 2
+    assert "不是课、没有练习：注意力后端的注册表" in capsys.readouterr().err
+    stray = REPO_ROOT / "utils" / "exercise_parts" / "__init__.py"  # 真实存在、既没登记也不在 NOT_EXERCISES 的文件
+    assert ws.main(["--workspace", str(tmp_path), "new", str(stray.relative_to(REPO_ROOT))]) == 2
     assert "还没有登记练习函数" in capsys.readouterr().err
     assert ws.main(["--workspace", str(tmp_path), "check", ROPE]) == 2
     assert f"先运行 python -m utils.exercises new {ROPE}" in capsys.readouterr().err
