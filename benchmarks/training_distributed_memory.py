@@ -111,7 +111,7 @@ def _figure(rows: dict[str, dict[str, int]]) -> None:
     psi = rows[STAGES[0]]["n_params"]
     ax.plot(STAGES, [_theory(s, psi, WORLD) / 2**20 for s in STAGES], "k_", markersize=40, mew=2,
             label="theory 16Ψ, 8Ψ+8Ψ/N, 4Ψ+12Ψ/N, 16Ψ/N")
-    ax.set(ylabel="MiB per rank", title=f"measured memory per rank (Ψ = {psi:,}, N = {WORLD}, fp32 AdamW)")
+    ax.set(xlabel="sharding strategy", ylabel="MiB per rank", title=f"measured memory per rank (Ψ = {psi:,}, N = {WORLD}, fp32 AdamW)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     path = save_figure(fig, "distributed_memory.png", dpi=120)
