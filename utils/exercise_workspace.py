@@ -27,6 +27,7 @@ import importlib.abc
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -230,11 +231,19 @@ def install_swap() -> None:
 _RESULTS: list[dict] = []
 
 
+_STUB_LINE = re.compile(r"NotImplementedError: " + re.escape(STUB_PREFIX) + r"([^：\n]+)：")
+
+
 def _failure_message(report) -> str:
     crash = getattr(report.longrepr, "reprcrash", None)
     message = crash.message if crash is not None else str(report.longrepr).strip()[-2000:]
     if "InterpreterError" in message:  # Triton 解释器把 kernel 里的异常包成 repr：提示的换行变成了字面的 \n
         message = message.replace("\\n", "\n")
+    if message.startswith(("ExceptionGroup", "BaseExceptionGroup")):
+        # hypothesis 找到几种不同的失败时只报 "ExceptionGroup: Hypothesis found N distinct failures"：
+        # 从完整报告里把各个子异常撞上的练习桩找出来，_blocked_by 才知道是谁挡住了这道题
+        stubs = dict.fromkeys(_STUB_LINE.findall(str(report.longrepr)))
+        message += "".join(f"\n  其中：NotImplementedError: {STUB_PREFIX}{name}：" for name in stubs)
     return message
 
 
@@ -284,12 +293,14 @@ def _selfcheck_line(message: str, name: str) -> str | None:
 
 
 def _blocked_by(message: str, name: str) -> str | None:
-    """失败信息是另一道练习的 NotImplementedError 桩（"练习 X："）时返回 X：它挡住了这道题。"""
+    """失败信息是另一道练习的 NotImplementedError 桩（"练习 X："）时返回 X：它挡住了这道题。
+
+    信息里有几个桩（hypothesis 的 ExceptionGroup）而其中有这道题自己的：算它自己的失败。"""
     start = message.find(STUB_PREFIX)
     if start < 0:
         return None
-    other = message[start + len(STUB_PREFIX):].split("：", 1)[0]
-    return other if other != name else None
+    names = [message[start + len(STUB_PREFIX):].split("：", 1)[0], *_STUB_LINE.findall(message)]
+    return None if name in names else names[0]
 
 
 def attribute(exercise: Exercise, results: list[dict], selfcheck: bool) -> tuple[bool, str]:

@@ -228,6 +228,31 @@ def test_attribution_reads_selfcheck_lines_and_prefers_own_failures():
     assert not ok and why.endswith("差 1e-3")
 
 
+def test_hypothesis_exception_group_names_the_stubs_inside_it():
+    """hypothesis 报 "ExceptionGroup: … distinct failures" 时，从完整报告里找出撞上的桩：别人的桩 = 被挡住，有自己的 = 自己没写。"""
+
+    class Crash:
+        message = "ExceptionGroup: Hypothesis found 2 distinct failures. (2 sub-exceptions)"
+
+    class LongRepr:
+        reprcrash = Crash()
+
+        def __str__(self):
+            return ("  +-- 1 ----\n  | NotImplementedError: 练习 Tensor.__mul__：\n  | 形状：…\n"
+                    "  +-- 2 ----\n  | NotImplementedError: 练习 Tensor.backward：\n  | 公式：…\n"
+                    "  +-- 3 ----\n  | NotImplementedError: 练习 Tensor.__mul__：\n")
+
+    class Report:
+        longrepr = LongRepr()
+
+    message = ws._failure_message(Report())
+    assert message.startswith(Crash.message)
+    assert message.count("练习 Tensor.__mul__：") == 1 and "练习 Tensor.backward：" in message
+    assert ws._blocked_by(message, "Tensor.sum") == "Tensor.__mul__"  # 被别的练习挡住
+    assert ws._blocked_by(message, "Tensor.backward") is None  # 其中有它自己的桩：算它自己的失败
+    assert ws._blocked_by("AssertionError: 差 1e-3", "f") is None
+
+
 def test_28days_selfcheck_shows_the_stub_hint_instead_of_a_whitelist_violation(monkeypatch, capsys):
     """谜题挖空后调用了 NotImplementedError：自检报告提示本身，而不是"调用了白名单之外的函数"。"""
     rel = DAY04
