@@ -47,6 +47,21 @@ def load_script(path: str | os.PathLike, name: str | None = None):
     return module
 
 
+LIU2_DIR = REPO_ROOT / "archive" / "liu2_lecture"
+
+
+def liu2_lecture(n: int):
+    """刘二第 n 讲（archive/liu2_lecture/lectureNN_*.py）作为模块。"""
+    (path,) = LIU2_DIR.glob(f"lecture{n:02d}_*.py")
+    return load_script(path)
+
+
+def horizontal_lines(ax) -> list[float]:
+    """坐标轴里水平线（axhline 画的基线）的 y 值：图的测试用它确认基线画上了。"""
+    return [line.get_ydata()[0] for line in ax.get_lines()
+            if len(line.get_ydata()) == 2 and len(set(line.get_ydata())) == 1]
+
+
 @pytest.fixture(autouse=True)
 def _fixed_seed():
     """每个测试开始前固定全部随机种子：结果不依赖 pytest-xdist 把测试分给哪个 worker、以什么顺序运行。"""

@@ -14,14 +14,7 @@ import torch.nn.functional as F
 from numpy.polynomial import polynomial as P
 from torch.utils.data import DataLoader, RandomSampler
 
-from tests.conftest import REPO_ROOT, load_script
-
-LECTURE_DIR = REPO_ROOT / "archive" / "liu2_lecture"
-
-
-def lecture(n: int):
-    (path,) = LECTURE_DIR.glob(f"lecture{n:02d}_*.py")
-    return load_script(path)
+from tests.conftest import liu2_lecture as lecture
 
 
 def _r(g: torch.Generator, *shape) -> torch.Tensor:

@@ -14,18 +14,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, RandomSampler
 
-from tests.conftest import REPO_ROOT, load_script
-
-LECTURE_DIR = REPO_ROOT / "archive" / "liu2_lecture"
-
-
-def lecture(n: int):
-    (path,) = LECTURE_DIR.glob(f"lecture{n:02d}_*.py")
-    return load_script(path)
+from tests.conftest import LIU2_DIR
+from tests.conftest import liu2_lecture as lecture
 
 
 def test_thirteen_lectures_in_course_order():
-    names = sorted(p.stem for p in LECTURE_DIR.glob("lecture*.py"))
+    names = sorted(p.stem for p in LIU2_DIR.glob("lecture*.py"))
     assert names == [
         "lecture01_overview",
         "lecture02_linear_model",

@@ -17,19 +17,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.conftest import REPO_ROOT, load_script
-
-LECTURE_DIR = REPO_ROOT / "archive" / "liu2_lecture"
-
-
-def lecture(n: int):
-    (path,) = LECTURE_DIR.glob(f"lecture{n:02d}_*.py")
-    return load_script(path)
-
-
-def _hlines(ax) -> list[float]:
-    """坐标轴里水平线（axhline 画的基线）的 y 值。"""
-    return [line.get_ydata()[0] for line in ax.get_lines() if len(set(line.get_ydata())) == 1 and len(line.get_ydata()) == 2]
+from tests.conftest import horizontal_lines as _hlines
+from tests.conftest import liu2_lecture as lecture
 
 
 # ----------------------------------------------------------------------------- 08 Titanic
