@@ -7,6 +7,7 @@ import ast
 import os
 import runpy
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -146,7 +147,10 @@ def _run_as_main(path: Path, argv: list[str], monkeypatch) -> tuple[int | str | 
     monkeypatch.setenv("SMOKE", "1")  # 万一解析没拦住，也只跑几秒
     with pytest.raises(SystemExit) as exc:
         if path.name == "__main__.py":
-            runpy.run_module(".".join(path.parent.relative_to(REPO_ROOT).parts), run_name="__main__")
+            package = ".".join(path.parent.relative_to(REPO_ROOT).parts)
+            # 别的测试可能已经 import 过 package.__main__：留在 sys.modules 里时 runpy 会警告"行为不可预料"
+            monkeypatch.delitem(sys.modules, f"{package}.__main__", raising=False)
+            runpy.run_module(package, run_name="__main__")
         else:
             runpy.run_path(str(path), run_name="__main__")
     return exc.value.code, len(calls)
