@@ -113,7 +113,7 @@ def best_test_mse_spread(x_te, y_te, n_sets: int = 20, first_seed: int = 100, ma
 
 def report_line(best: int, best_mse: float, base: dict[str, float], spread: tuple[float, float]) -> str:
     return (f"最佳 {best} 次：测试 MSE {best_mse:.4f}（预测训练集均值（= 0 次）{base['mean']:.4f}；"
-            f"噪声下限 σ² = {base['noise']:.4f}，真函数 sin(2πx) 在这份测试集上 {base['truth']:.4f}；"
+            f"噪声的期望下限 σ² = {base['noise']:.4f}，真函数 sin(2πx) 在这份测试集上 {base['truth']:.4f}；"
             f"换 20 份训练集时最佳测试 MSE 约 {spread[0]:.2f}–{spread[1]:.2f}（10%–90% 分位））")
 
 

@@ -357,7 +357,7 @@ def main(argv: list[str] | None = None) -> None:
             else:
                 print(f"没有给模型目录{'' if smoke else f'，也没有 {default}（先 make run）'}：用随机小 Llama 演示")
                 model_dir, text = make_demo_dir(Path(tmp))
-                measured = ("随机小 Llama（没训练）实测：约 6.37 bits/byte，比均匀分布还差一点；各方案的 Δ 在 ±0.03% 以内"
+                measured = ("随机小 Llama（没训练）实测：约 6.37 bits/byte，比均匀分布还差一点；各方案的 Δ 在 ±0.05% 以内"
                             "——只说明实现对不对，量化的好坏要在训练过的模型上看")
         try:
             run(model_dir, args.scheme, n_calib=n_calib, n_eval=n_eval, text=text, decode_tokens=decode_tokens,

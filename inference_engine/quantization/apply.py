@@ -20,8 +20,8 @@ GPTQ、AWQ、SmoothQuant 需要每层在真实数据上看到的输入 X（(N, i
 把 `calib_data`（(B, T) 的 token id）分批喂给模型，hook 记下每次调用的第 0 个参数。共享同一个输入的层
 （q/k/v 都吃 input_layernorm 的输出，gate/up 都吃 post_attention_layernorm 的输出）记下的是同一个张量，只存一份。
 坑：我们的 Llama 在 token 多时把 q/k/v 三个权重拼成一次 GEMM（Attention.project_qkv 的 fuse_weights），
-根本不调用 q_proj.forward——hook 收不到，量化后的层也没有 .weight 可拼。所以 q/k/v 被量化的注意力模块
-换成"分开算三个投影"的路径（_use_unfused_qkv；两条路径数学上相同，模型文件不用改）。
+根本不调用 q_proj.forward。它只在三个投影都是没挂 hook 的普通 nn.Linear 时才拼（llama.py 的 _fusable_linear），
+所以挂着校准 hook 的层、换成量化层（没有可拼的 .weight）的层自动走"分开算三个投影"的路径——两条路径数学上相同。
 
 ## 3. GPTQ 为什么逐层顺序量化
 GPTQ 最小化的是 ||X Wᵀ − X Qᵀ||²，X 是这一层的输入。部署时第 l 层看到的输入来自**已经量化过的**第 0..l−1 层，
@@ -54,7 +54,6 @@ import importlib
 import json
 import os
 import re
-import types
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -213,20 +212,6 @@ class _StopForward(Exception):
     """目标层都拿到输入之后截断前向：后面的层与 lm_head 不用算。"""
 
 
-def _unfused_project_qkv(self: nn.Module, x: Tensor, fuse_weights: bool | None = None):
-    return type(self).project_qkv(self, x, fuse_weights=False)
-
-
-def _use_unfused_qkv(model: nn.Module, names: Iterable[str]) -> None:
-    """q/k/v 要被量化（或要收集它们的输入）的注意力模块：改走分开的三个投影（见模块说明第 2 点）。"""
-    for name in names:
-        parent_name, _, leaf = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        if leaf in ("q_proj", "k_proj", "v_proj") and hasattr(type(parent), "project_qkv"):
-            # 绑定到实例的方法：只改这个模块；deepcopy 时跟着副本走（MethodType 的 __self__ 会被复制）
-            parent.project_qkv = types.MethodType(_unfused_project_qkv, parent)
-
-
 def _check_calib_data(calib_data: Tensor | None, scheme: str, targets: dict[str, nn.Module], options: dict) -> Tensor:
     if calib_data is None:
         raise ValueError(f"{scheme} 需要校准数据 calib_data：(B, T) 的 token id（几百到几千个 token 的真实文本），"
@@ -255,10 +240,9 @@ def collect_layer_inputs(model: nn.Module, modules: dict[str, nn.Module], calib_
     """把 calib_data (B, T) 分批跑过模型，返回每个目标层见到的输入 {名字: (B·T, in)}。
 
     stop_early=True：每批在所有目标都拿到输入后就截断前向（GPTQ 逐层时用，后面的层不必算）。
-    同一个张量喂给几个层时（q/k/v）只存一份、只拼接一次。q/k/v 在目标里时，它们的注意力模块改走分开的三个投影
-    （模块说明第 2 点），否则 hook 收不到。
+    同一个张量喂给几个层时（q/k/v）只存一份、只拼接一次。q/k/v 在目标里时，挂上的 hook 让注意力模块自动走分开的
+    三个投影（模块说明第 2 点），hook 才收得到。
     """
-    _use_unfused_qkv(model, modules)
     seen: dict[str, list[Tensor]] = {name: [] for name in modules}
     stored: dict[int, tuple[Tensor, Tensor]] = {}  # id(原始输入) -> (原始输入（保活，id 不会被复用）, 展平的副本)
     fired: set[str] = set()
@@ -339,7 +323,6 @@ def quantize(model: nn.Module, scheme: str, calib_data: Tensor | None = None, *,
         raise ValueError(f"batch_size={batch_size!r} 必须是正整数（校准时每次前向的序列数）")
     targets = select_linears(model, include, exclude)
     model.eval()  # 校准与推理都不要 dropout
-    _use_unfused_qkv(model, targets)
     if scheme not in CALIBRATED_SCHEMES:
         for name, module in targets.items():
             _replace(model, name, _quantize_one(cls, name, module, None, options))
@@ -532,7 +515,6 @@ def load_quantized(load_dir: str | os.PathLike, model_cls: type[nn.Module] | Non
     left_on_meta = [k for k, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if left_on_meta:
         raise ValueError(f"加载后仍有张量没有值（meta）：{left_on_meta[:6]}——这个架构的加载还缺一步重建")
-    _use_unfused_qkv(model, layers)
     return model.eval()
 
 

@@ -384,10 +384,14 @@ def apply_rope(x: Tensor, rope: Tensor) -> Tensor:
 
 
 def _fusable_linear(module: nn.Module) -> bool:
-    """module 是一个可以把 .weight 拼进大 GEMM 的普通 nn.Linear：类型恰好是 nn.Linear（子类可能改了 forward），没挂
-    forward hook（拼接路径不调用它的 forward，hook 会静默失效）。全局 hook（nn.modules.module.register_module_forward_hook）
-    不在此列：它们对每个模块都生效，拼接路径照样会漏掉，用它们观察投影时请设 fuse_weights=False。"""
-    return type(module) is nn.Linear and not module._forward_hooks and not module._forward_pre_hooks
+    """module 的 .weight / .bias 可以拼进一个大 GEMM：它的 forward 恰好是 F.linear(x, weight, bias)——类型恰好是
+    nn.Linear（子类可能改了 forward），或者模块自己声明 is_plain_linear = True（张量并行里不通信的列并行层）——
+    并且没挂 hook（拼接路径不调用它的 forward，前向 / 反向 hook 都会静默失效）。
+    全局 hook（nn.modules.module.register_module_forward_hook）不在此列：拼接路径照样会漏掉，用它们观察投影时请设
+    fuse_weights=False。"""
+    plain = type(module) is nn.Linear or getattr(module, "is_plain_linear", False)
+    hooks = (module._forward_hooks, module._forward_pre_hooks, module._backward_hooks, module._backward_pre_hooks)
+    return plain and not any(hooks)
 
 
 class Attention(nn.Module):

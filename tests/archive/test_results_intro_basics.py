@@ -252,7 +252,7 @@ def test_manual_backprop_prints_loss_beside_baselines(mb, monkeypatch, capsys):
     linear = mb.tail_loss(mb.linear_baseline_losses(X, y, 30, 0.2))
     line = next(s for s in out.splitlines() if "最后 20 步平均" in s)
     assert f"瞎猜 ln10 = {math.log(10):.3f}" in line and f"线性 softmax 回归 {linear:.3f}" in line
-    assert "默认配置约 0.06–0.08" in line
+    assert "默认配置约 0.06–0.09" in line
 
 
 # ----------------------------------------------------------------------------- 初始化：均场理论

@@ -361,6 +361,28 @@ def test_qkv_fusion_only_for_plain_linears_without_hooks():
         def forward(self, t):
             return self.inner(t)
 
+    grads = []
+    handle = attn.v_proj.register_full_backward_hook(lambda m, gin, gout: grads.append(gout[0].shape))
+    qk, v = attn.project_qkv(x.detach().requires_grad_(), fuse_weights=True)
+    (qk.sum() + v.sum()).backward()
+    handle.remove()
+    assert grads == [(2, 40, attn.n_kv_head * attn.head_dim)]  # 反向 hook 同样要求走分开的投影
+
+    llama = importlib.import_module("model_lab.02_architectures.llama")
+    assert llama._fusable_linear(attn.k_proj)
+
+    class Plain(Wrapped):  # 声明自己就是 F.linear(x, weight, bias)（张量并行不通信的列并行层）：可以拼
+        is_plain_linear = True
+
+        @property
+        def weight(self):
+            return self.inner.weight
+
+        @property
+        def bias(self):
+            return self.inner.bias
+
+    assert llama._fusable_linear(Plain(attn.k_proj)) and not llama._fusable_linear(Wrapped(attn.k_proj))
     attn.q_proj = Wrapped(attn.q_proj)
     qk, v = attn.project_qkv(x)
     torch.testing.assert_close(qk, ref_qk)

@@ -334,8 +334,8 @@ MUTANTS: list[Mutant] = [
            ("tests/data_pipeline/cleaning/test_langid.py",), "语言过滤的概率阈值方向反了"),
     # ---- 练习 / 工具 / 模型契约（本轮） ----
     Mutant("llama_fuse_ignores_hooks", LLAMA,
-           "    return type(module) is nn.Linear and not module._forward_hooks and not module._forward_pre_hooks",
-           "    return isinstance(module, nn.Linear)",
+           "    return plain and not any(hooks)",
+           "    return plain",
            ("tests/model_lab/test_llama.py::test_qkv_fusion_only_for_plain_linears_without_hooks",),
            "拼 q/k/v 权重时不看 hook：校准 / 调试挂在 k_proj 上的 hook 静默失效"),
     Mutant("io_save_figure_tmp_format", "utils/io.py",

@@ -311,6 +311,11 @@ class ColumnParallelLinear(nn.Module):
         self.weight = _shard_parameter(linear.weight, 0, group)  # (out/tp, in)
         self.bias = _shard_parameter(linear.bias, 0, group) if linear.bias is not None else None
 
+    @property
+    def is_plain_linear(self) -> bool:
+        """不通信时 forward 就是 F.linear(x, weight, bias)：Llama 的 project_qkv 可以把它的切片拼进一次 GEMM。"""
+        return not self.communicate_input and not self.gather_output
+
     def forward(self, x: Tensor) -> Tensor:
         if self.communicate_input:
             x = _enter_parallel_region(x, self.group, self.sequence_parallel)
@@ -443,7 +448,8 @@ class ParallelAttention(_llama.Attention):
     """按整头切的 GQA 注意力：本 rank 有 H/tp 个 q 头、H_kv/tp 个 kv 头；q/k/v 列并行，o_proj 行并行。
 
     前向完全复用 Llama 的 Attention.forward（n_head / n_kv_head 换成本 rank 的头数），只在入口做一次 f
-    （序列并行：all-gather 序列）；project_qkv 的"拼权重"路径直接读 q_proj.weight，读到的正是本 rank 的切片。
+    （序列并行：all-gather 序列）；q/k/v 不通信（is_plain_linear），project_qkv 的"拼权重"路径直接读
+    q_proj.weight，读到的正是本 rank 的切片。
     """
 
     def __init__(self, attn: nn.Module, group: dist.ProcessGroup, *, sequence_parallel: bool = False) -> None:

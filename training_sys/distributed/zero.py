@@ -510,7 +510,7 @@ def main() -> None:
             total = m["params"] + m["grads"] + m["optimizer"]
             print(f"  {stage:<6}{rank:<6}{m['params']:>12,}{m['grads']:>12,}{m['optimizer']:>12,}{total:>12,}"
                   f"{theory:>12,.0f}")
-    print("  理论合计 = 16ψ / 8ψ + 8ψ/w / 4ψ + 12ψ/w；实测多出的几十字节是 AdamW 每个参数一个 4 字节的 step 标量"
+    print("  理论合计 = 16ψ / 8ψ + 8ψ/w / 4ψ + 12ψ/w；stage 1/2 实测多出的几十字节是 AdamW 每个参数一个 4 字节的 step 标量"
           "（ZeRO 每个 rank 只为自己段里的参数存）与补齐到 w 的倍数的零")
     extra = per_rank[0][0]["memory"]["grads"] - per_rank[0][0]["memory"]["params"]
     if extra > 0:  # 只在模型走了融合 QKV 的路径时出现（SMOKE 的 32 维模型会，默认的 64 维不会）

@@ -256,7 +256,7 @@ def main() -> None:
     loss32 = nn.functional.mse_loss(model(x), y).item()
     rel = abs(loss16 - loss32) / loss32
     print(f"  autocast 内 Linear 输出 dtype {out.dtype}；loss bf16 {loss16:.4f} vs fp32 {loss32:.4f}（相对差 {rel:.1e}；"
-          f"bf16 每次舍入的相对误差 ≤ 2^-9 ≈ 2e-3，误差有正有负、在 loss 的求平均里大半抵消）")
+          f"bf16 每次舍入的相对误差 ≤ 单位舍入 2^-8 ≈ 3.9e-3，误差有正有负、在 loss 的求平均里大半抵消）")
 
 
 if __name__ == "__main__":

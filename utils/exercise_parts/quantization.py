@@ -312,13 +312,13 @@ APPLY = (
     E("collect_layer_inputs",
       "形状：model，modules {名字: 模块}，calib_data (B, T) token id → {名字: (B·T, in)}（每批前向里这一层的输入，按批拼接）\n"
       "公式：每个目标挂 forward pre-hook 记下 args[0].reshape(−1, in)；calib_data.split(batch_size) 逐批 model(chunk)；最后 torch.cat\n"
-      "陷阱：先 _use_unfused_qkv；同一个输入张量（q/k/v 共用）只存一份、只拼一次，返回同一个张量对象；stop_early 时全部目标都触发后抛 _StopForward 并在循环里接住；finally 里摘掉 hook；有目标没被调用报 ValueError",
+      "陷阱：同一个输入张量（q/k/v 共用）只存一份、只拼一次，返回同一个张量对象；stop_early 时全部目标都触发后抛 _StopForward 并在循环里接住；finally 里摘掉 hook；有目标没被调用报 ValueError",
       *_in(_T_APPLY, "test_collect_layer_inputs_equals_what_each_layer_sees",
            "test_gptq_quantizes_layer_by_layer_and_awq_in_one_pass")),
     E("quantize",
       "形状：model，scheme，calib_data (B, T) 或 None，include/exclude，options → 同一个模型（原地替换、eval 模式）\n"
       "公式：targets = select_linears；不需校准的方案逐层 _replace(_quantize_one(…, None))；需校准的先 _check_calib_data，GPTQ 按 _units 每个解码层 collect_layer_inputs(stop_early=True) 后量化，其余方案一次 collect 全部目标\n"
-      "陷阱：GPTQ 第 l 层的输入要由前 l 层已量化的模型算出——每个单元重新收集，不能一开始就收集全部；先 model.eval() 与 _use_unfused_qkv；calib 搬到模型的设备；batch_size 不是正整数报 ValueError",
+      "陷阱：GPTQ 第 l 层的输入要由前 l 层已量化的模型算出——每个单元重新收集，不能一开始就收集全部；先 model.eval()；calib 搬到模型的设备；batch_size 不是正整数报 ValueError",
       *_in(_T_APPLY, "test_scheme_close_to_fp_generates_and_round_trips_bit_identically",
            "test_gptq_quantizes_layer_by_layer_and_awq_in_one_pass", "test_include_and_exclude_by_hf_name")),
 )
