@@ -246,13 +246,15 @@ def test_speedrun_measured_range_agrees_with_results_md_and_flags_outliers():
 
 
 def test_cpu_preset_lm_head_is_two_thirds_of_the_body_at_4096_and_larger_at_8192():
-    from training_sys.pretrain import swiglu_hidden
+    """speedrun.auto_vocab_size 的说法：cpu 预设的模型主体（解码层里全部线性层）约是 V=4096 的 lm_head 的 1.5 倍，V=8192 时 lm_head 更大。"""
+    from training_sys.pretrain import TrainConfig, build_model
+    from training_sys.speedrun import PRESETS
 
-    d, layers = 128, 4  # speedrun 的 cpu 预设
-    body = layers * (4 * d * d + 3 * d * swiglu_hidden(d))  # q/k/v/o + gate/up/down 的权重个数
-    model = torch.nn.ModuleList([torch.nn.Linear(d, d, bias=False) for _ in range(4 * layers)]
-                                + [torch.nn.Linear(d, swiglu_hidden(d), bias=False) for _ in range(3 * layers)])
-    assert body == sum(p.numel() for p in model.parameters()) == 790_528
-    assert 4096 * d / body == pytest.approx(2 / 3, abs=0.01) and 8192 * d > body  # speedrun.auto_vocab_size 的说法
-    # 1500 步 × 16×128 token 约是莎士比亚训练集（156 万 token）的 2 遍
-    assert 1500 * 16 * 128 / 1_560_788 == pytest.approx(2.0, abs=0.05)
+    t = PRESETS["cpu"].train
+    with torch.device("meta"):  # 只数参数，不分配内存；build_model 就是 make run 建模型的那个函数
+        model = build_model(TrainConfig(**t), vocab_size=4096)
+    body = sum(m.weight.numel() for m in model.model.layers.modules() if isinstance(m, torch.nn.Linear))
+    d = t["n_embd"]
+    assert 4096 * d / body == pytest.approx(2 / 3, abs=0.01) and 8192 * d > body
+    # 预设注释：1500 步 × batch × block ≈ 307 万 token ≈ 莎士比亚训练集（156 万 token，RESULTS.md 的 speedrun 段）的 2 遍
+    assert t["max_iters"] * t["batch_size"] * t["block_size"] == 3_072_000
